@@ -1,0 +1,229 @@
+"""Reading, checking and writing prior checkpoints.
+
+Accepted inputs: plain guided-diffusion state dicts (float32 or float16 values,
+e.g. ``256x256_diffusion_uncond.pt``, DPS's ``ffhq_10m.pt``) and this project's
+Lightning checkpoints (the UNet's weights are found by their key suffixes; EMA
+weights are preferred when both are present). Files are read with
+``torch.load(weights_only=True)``; arbitrary pickles load only with
+``trust_checkpoint=True``.
+
+Every failure raises :class:`CheckpointError` with a one-line message naming the
+file and what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..io import atomic_path
+from .presets import PRESETS, get_preset
+from .spec import PriorSpec
+from .unet import UNetModel
+
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "extract_unet_state_dict",
+    "load_unet_weights",
+    "load_prior",
+    "matching_presets",
+    "export_state_dict",
+    "save_state_dict",
+]
+
+PathLike = Union[str, os.PathLike]
+
+_ANCHOR = "time_embed.0.weight"  # the first key of every guided-diffusion UNet
+_MAX_LISTED = 4
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model (one-line message)."""
+
+
+def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
+    """``torch.load`` the file on the CPU, safely unless ``trust_checkpoint``; clear errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path (--model.prior.checkpoint)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file; give the path of a .pt checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty; download it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as e:
+        if trust_checkpoint:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(
+            f"{path}: holds pickled Python objects that safe loading (torch.load weights_only=True) refuses "
+            f"({_first_line(e)}); if you trust the file's source, set trust_checkpoint=True "
+            "(--model.prior.trust_checkpoint true), or re-save its state dict with torch.save(model.state_dict())"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, probably truncated or corrupt ({_first_line(e)}); "
+            "download or copy it again"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line[:200]
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def extract_unet_state_dict(obj: Any, *, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The UNet's state dict out of a plain state dict or a Lightning checkpoint.
+
+    In a Lightning checkpoint (or any dict with a ``state_dict`` entry) the UNet
+    is found by its keys' common suffixes; where several copies are present
+    (e.g. ``prior.unet.`` and ``ema_unet.``), the one whose prefix mentions
+    ``ema`` is taken.
+    """
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not _is_state_dict(obj):
+        if isinstance(obj, Mapping):
+            keys = ", ".join(map(str, list(obj)[:6]))
+            raise CheckpointError(
+                f"{source}: holds a dict with keys [{keys}] but no tensors of a state dict; "
+                "save the UNet with torch.save(model.state_dict())"
+            )
+        raise CheckpointError(
+            f"{source}: holds a {type(obj).__name__}, not a state dict; save the UNet with torch.save(model.state_dict())"
+        )
+    prefixes = sorted({k[: -len(_ANCHOR)] for k in obj if k.endswith(_ANCHOR)})
+    if not prefixes or "" in prefixes:
+        return dict(obj)
+    ema = [p for p in prefixes if "ema" in p.lower()]
+    prefix = (ema or prefixes)[0]
+    return {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_shapes(name: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    with torch.device("meta"):
+        model = get_preset(name).build_unet()
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def matching_presets(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names of the presets whose keys and shapes equal the state dict's."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    return [name for name in sorted(PRESETS) if dict(_preset_shapes(name)) == shapes]
+
+
+def _guess_flags(state_dict: Mapping[str, torch.Tensor]) -> str:
+    parts = []
+    w = state_dict.get("input_blocks.0.0.weight")
+    if w is not None and w.ndim == 4:
+        parts.append(f"num_channels={w.shape[0]}")
+    out = state_dict.get("out.2.weight")
+    if out is not None and out.ndim == 4:
+        parts.append(f"learn_sigma={out.shape[0] == 6}")
+    parts.append(f"class_cond={'label_emb.weight' in state_dict}")
+    return ", ".join(parts)
+
+
+def _listing(items: List[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (", ..." if len(items) > _MAX_LISTED else "")
+
+
+def load_unet_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """Load strictly; on any mismatch raise one :class:`CheckpointError` that counts and lists it."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    wrong = [k for k in expected if k in got and got[k] != expected[k]]
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+        if wrong:
+            shown = [f"{k}: checkpoint {list(got[k])} vs model {list(expected[k])}" for k in wrong]
+            problems.append(f"{len(wrong)} keys with wrong shapes ({_listing(shown)})")
+        fits = matching_presets(state_dict)
+        if fits:
+            hint = f"the checkpoint fits preset {' or '.join(repr(n) for n in fits)}: use it (--model.prior.preset {fits[0]})"
+        else:
+            hint = (
+                f"no preset fits it ({_guess_flags(state_dict)}); give the UNet flags it was trained with"
+            )
+        raise CheckpointError(f"{source}: does not fit the UNet: {'; '.join(problems)}; {hint}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_prior(
+    spec: Union[str, PriorSpec],
+    checkpoint: Optional[PathLike] = None,
+    *,
+    trust_checkpoint: bool = False,
+    device: Union[str, torch.device, None] = None,
+) -> UNetModel:
+    """Build a prior's UNet from a preset name or spec and load its weights (eval mode).
+
+    :param spec: preset name (see :data:`PRESETS`) or a :class:`PriorSpec`.
+    :param checkpoint: weights file; ``None`` leaves the random initialisation.
+    :param trust_checkpoint: allow arbitrary pickles (``torch.load(weights_only=False)``).
+    :param device: where to put the model.
+    """
+    if isinstance(spec, str):
+        spec = get_preset(spec)
+    model = spec.build_unet()
+    if checkpoint is not None:
+        if not Path(checkpoint).exists() and spec.source:
+            raise CheckpointError(
+                f"{checkpoint}: no such checkpoint file; the weights of prior {spec.name or ''!s} "
+                f"({spec.checkpoint}) come from {spec.source}"
+            )
+        obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+        state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
+        load_unet_weights(model, state_dict, source=str(checkpoint))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def export_state_dict(
+    model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]], dtype: torch.dtype = torch.float32
+) -> Dict[str, torch.Tensor]:
+    """A plain guided-diffusion state dict (reference keys and order, CPU tensors in ``dtype``)."""
+    sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+    sd = extract_unet_state_dict(dict(sd), source="model")
+    return {k: v.detach().to(device="cpu", dtype=dtype).clone() for k, v in sd.items()}
+
+
+def save_state_dict(
+    model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]],
+    path: PathLike,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a plain guided-diffusion state dict atomically (temporary file, then rename).
+
+    The file loads in guided-diffusion with ``model.load_state_dict(torch.load(path))``.
+    """
+    path = Path(path)
+    sd = export_state_dict(model_or_state_dict, dtype=dtype)
+    with atomic_path(path) as tmp:
+        torch.save(sd, tmp)
+    return path

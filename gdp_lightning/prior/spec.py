@@ -1,0 +1,255 @@
+"""What a prior is: guided-diffusion's model flags plus the diffusion settings it was trained with.
+
+:class:`UNetFlags` carries openai guided-diffusion's ``create_model`` arguments
+with the same names, meaning and defaults, so ``MODEL_FLAGS`` can be pasted
+as they are. :class:`DiffusionSettings` carries the diffusion arguments
+(``diffusion_steps``, ``noise_schedule``, ...) that describe how the prior was
+trained. A :class:`PriorSpec` holds both, so one YAML file can say everything
+about a prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from .unet import UNetModel
+
+__all__ = [
+    "UNetFlags",
+    "DiffusionSettings",
+    "PriorSpec",
+    "create_model",
+    "default_channel_mult",
+    "parse_channel_mult",
+    "parse_attention_resolutions",
+]
+
+NUM_CLASSES = 1000
+
+_DEFAULT_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+}
+
+
+def default_channel_mult(image_size: int) -> tuple:
+    """guided-diffusion's channel multipliers for ``channel_mult=""`` (sizes 64, 128, 256, 512)."""
+    try:
+        return _DEFAULT_CHANNEL_MULT[image_size]
+    except KeyError:
+        raise ValueError(
+            f"channel_mult is empty and image_size={image_size} has no default; "
+            "give channel_mult explicitly, e.g. '1,2,2,2'"
+        ) from None
+
+
+def parse_channel_mult(channel_mult: Union[str, Sequence[float]], image_size: int) -> tuple:
+    """``"1,2,2"`` or a sequence to a tuple; ``""`` to the per-size default."""
+    if isinstance(channel_mult, str):
+        if channel_mult.strip() == "":
+            return default_channel_mult(image_size)
+        try:
+            return tuple(int(m) for m in channel_mult.split(","))
+        except ValueError:
+            raise ValueError(f"channel_mult must be comma-separated integers like '1,2,2,2', got {channel_mult!r}") from None
+    return tuple(channel_mult)
+
+
+def parse_attention_resolutions(attention_resolutions: Union[str, Sequence[int]], image_size: int) -> tuple:
+    """Resolutions (``"32,16,8"``) to downsampling rates (``image_size // resolution``)."""
+    if isinstance(attention_resolutions, str):
+        items = [r for r in attention_resolutions.split(",") if r.strip()]
+    else:
+        items = list(attention_resolutions)
+    try:
+        return tuple(image_size // int(r) for r in items)
+    except ValueError:
+        raise ValueError(
+            f"attention_resolutions must be comma-separated resolutions like '32,16,8', got {attention_resolutions!r}"
+        ) from None
+
+
+@dataclass
+class UNetFlags:
+    """openai guided-diffusion ``create_model`` flags (same names, meaning and defaults).
+
+    :param image_size: training resolution; picks the default ``channel_mult``.
+    :param num_channels: base channel count.
+    :param num_res_blocks: residual blocks per resolution.
+    :param channel_mult: comma-separated multipliers; "" = guided-diffusion's default for the size.
+    :param learn_sigma: the model also outputs the variance (6 output channels).
+    :param class_cond: class-conditional on the 1000 ImageNet classes.
+    :param use_checkpoint: gradient checkpointing (less memory when gradients flow through the UNet).
+    :param attention_resolutions: comma-separated resolutions at which attention is used.
+    :param num_heads: attention heads (when num_head_channels is -1).
+    :param num_head_channels: channels per attention head; -1 = use num_heads.
+    :param num_heads_upsample: heads in the decoder; -1 = num_heads.
+    :param use_scale_shift_norm: FiLM-like timestep conditioning.
+    :param dropout: dropout probability in residual blocks (active only in training).
+    :param resblock_updown: residual blocks for up- and downsampling.
+    :param use_fp16: compute the body in float16 (weights load and export as float32).
+    :param use_new_attention_order: split q, k, v before the heads.
+    """
+
+    image_size: int = 64
+    num_channels: int = 128
+    num_res_blocks: int = 2
+    channel_mult: str = ""
+    learn_sigma: bool = False
+    class_cond: bool = False
+    use_checkpoint: bool = False
+    attention_resolutions: str = "16"
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    use_fp16: bool = False
+    use_new_attention_order: bool = False
+
+    @classmethod
+    def from_dict(cls, flags: Mapping[str, Any]) -> "UNetFlags":
+        """Build from a mapping of ``create_model`` flags; unknown names are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(flags) - names)
+        if unknown:
+            raise ValueError(f"unknown UNet flag(s) {unknown}; known flags: {sorted(names)}")
+        return cls(**dict(flags))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DiffusionSettings:
+    """The diffusion a prior was trained with (guided-diffusion's diffusion flags).
+
+    Whether the variance is learned comes from the UNet's ``learn_sigma``.
+
+    :param diffusion_steps: number of steps T of the training diffusion.
+    :param noise_schedule: "linear" or "cosine" beta schedule.
+    :param sigma_small: without learned variance, use the posterior variance (fixed small)
+        instead of beta (fixed large).
+    :param predict_xstart: the model predicts x0 instead of epsilon.
+    :param rescale_timesteps: the model receives timesteps scaled to 0..1000.
+    :param use_kl: train on the variational bound only.
+    :param rescale_learned_sigmas: scale the variational-bound term with T/1000 in training.
+    """
+
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
+    sigma_small: bool = False
+    predict_xstart: bool = False
+    rescale_timesteps: bool = False
+    use_kl: bool = False
+    rescale_learned_sigmas: bool = False
+
+    def __post_init__(self) -> None:
+        if self.noise_schedule not in ("linear", "cosine"):
+            raise ValueError(f"noise_schedule must be 'linear' or 'cosine', got {self.noise_schedule!r}")
+        if self.diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be positive, got {self.diffusion_steps}")
+
+
+@dataclass
+class PriorSpec:
+    """A whole prior: UNet flags, diffusion settings and where its weights come from.
+
+    :param unet: guided-diffusion ``create_model`` flags.
+    :param diffusion: the diffusion the prior was trained with.
+    :param name: preset name, if the spec is one.
+    :param checkpoint: file name (or path) of the released weights.
+    :param source: where to get the weights.
+    :param description: one line on what the prior is.
+    """
+
+    unet: UNetFlags = field(default_factory=UNetFlags)
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+    name: Optional[str] = None
+    checkpoint: Optional[str] = None
+    source: Optional[str] = None
+    description: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PriorSpec":
+        d = dict(d)
+        unet = d.pop("unet", {}) or {}
+        diffusion = d.pop("diffusion", {}) or {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown prior field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(
+            unet=unet if isinstance(unet, UNetFlags) else UNetFlags.from_dict(unet),
+            diffusion=diffusion if isinstance(diffusion, DiffusionSettings) else DiffusionSettings(**diffusion),
+            **d,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, "os.PathLike[str]"]) -> "PriorSpec":
+        """Read a prior config (``configs/prior/*.yaml``): the ``model.prior`` section, or a bare spec."""
+        import yaml
+
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        if "model" in d:
+            d = d["model"]
+        if "prior" in d:
+            d = d["prior"]
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a valid prior config: {e}") from None
+
+    def build_unet(self, **overrides: Any) -> UNetModel:
+        flags = dataclasses.replace(self.unet, **overrides) if overrides else self.unet
+        return create_model(**flags.to_dict())
+
+
+def create_model(
+    image_size: int,
+    num_channels: int,
+    num_res_blocks: int,
+    channel_mult: Union[str, Sequence[float]] = "",
+    learn_sigma: bool = False,
+    class_cond: bool = False,
+    use_checkpoint: bool = False,
+    attention_resolutions: Union[str, Sequence[int]] = "16",
+    num_heads: int = 1,
+    num_head_channels: int = -1,
+    num_heads_upsample: int = -1,
+    use_scale_shift_norm: bool = False,
+    dropout: float = 0.0,
+    resblock_updown: bool = False,
+    use_fp16: bool = False,
+    use_new_attention_order: bool = False,
+) -> UNetModel:
+    """Build the UNet from guided-diffusion ``create_model`` flags (same signature and defaults)."""
+    return UNetModel(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=num_channels,
+        out_channels=6 if learn_sigma else 3,
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=parse_attention_resolutions(attention_resolutions, image_size),
+        dropout=dropout,
+        channel_mult=parse_channel_mult(channel_mult, image_size),
+        num_classes=NUM_CLASSES if class_cond else None,
+        use_checkpoint=use_checkpoint,
+        use_fp16=use_fp16,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm,
+        resblock_updown=resblock_updown,
+        use_new_attention_order=use_new_attention_order,
+    )
