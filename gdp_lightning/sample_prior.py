@@ -1,0 +1,123 @@
+"""Draw unconditional samples from a prior: the quickest check that a checkpoint loads and works.
+
+    python -m gdp_lightning.sample_prior --preset skimage64 \\
+        --checkpoint ../shared/priors/skimage64.pt --steps 50 --num 16 --out logs/samples/skimage64.png
+
+Writes a grid PNG and prints the time taken and the mean correlation of
+horizontally neighbouring pixels (about 0.9 or more for photos, about 0 for noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torchvision.utils import save_image
+
+from .diffusion import GaussianDiffusion
+from .io import atomic_path
+from .prior import CheckpointError, get_preset, load_prior, preset_names
+
+__all__ = ["neighbour_correlation", "sample_prior", "main"]
+
+
+def neighbour_correlation(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the Pearson correlation between horizontally adjacent pixels, shape ``(N,)``."""
+    left = images[..., :, :-1].flatten(1).double()
+    right = images[..., :, 1:].flatten(1).double()
+    left = left - left.mean(1, keepdim=True)
+    right = right - right.mean(1, keepdim=True)
+    denom = left.norm(dim=1) * right.norm(dim=1)
+    return ((left * right).sum(1) / denom.clamp_min(1e-12)).float()
+
+
+def sample_prior(
+    preset: str,
+    checkpoint: Optional[str],
+    *,
+    num: int = 16,
+    steps: str = "50",
+    method: str = "ddpm",
+    batch_size: int = 8,
+    seed: int = 0,
+    class_label: Optional[int] = None,
+    trust_checkpoint: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """``num`` samples in [0, 1], shape ``(num, 3, S, S)``; sample ``i`` is seeded by ``(seed, i)``."""
+    spec = get_preset(preset)
+    model = load_prior(spec, checkpoint, trust_checkpoint=trust_checkpoint, device=device)
+    diffusion = GaussianDiffusion.from_prior(spec, respacing=steps)
+    size = spec.unet.image_size
+    out = []
+    for start in range(0, num, batch_size):
+        idx = range(start, min(num, start + batch_size))
+        generators = [torch.Generator(device).manual_seed(seed * 1_000_003 + i) for i in idx]
+        kwargs = {}
+        if spec.unet.class_cond:
+            labels = [
+                class_label if class_label is not None else int(torch.randint(1000, (1,), generator=g)) for g in generators
+            ]
+            kwargs["y"] = torch.tensor(labels, device=device)
+        x = diffusion.sample(
+            model,
+            (len(idx), 3, size, size),
+            method=method,
+            generator=generators,
+            device=device,
+            model_kwargs=kwargs,
+            progress=progress,
+        )
+        out.append(((x + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gdp_lightning.sample_prior", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, choices=preset_names(), help="the prior's architecture")
+    parser.add_argument("--checkpoint", help="weights file (a guided-diffusion state dict or a gdp-lightning checkpoint)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs full unpickling")
+    parser.add_argument("--num", type=int, default=16, help="number of samples")
+    parser.add_argument("--steps", default="50", help="respacing: '50', 'ddim50', '10,10,10' or '' (all steps)")
+    parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-label", type=int, help="class of a class-conditional prior (default: random per sample)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True, help="grid PNG to write")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    try:
+        images = sample_prior(
+            args.preset,
+            args.checkpoint,
+            num=args.num,
+            steps=args.steps,
+            method=args.method,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            class_label=args.class_label,
+            trust_checkpoint=args.trust_checkpoint,
+            device=args.device,
+            progress=True,
+        )
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    with atomic_path(args.out) as tmp:
+        save_image(images, tmp, nrow=max(1, int(math.ceil(math.sqrt(len(images))))))
+    corr = neighbour_correlation(images).mean().item()
+    print(f"wrote {len(images)} samples to {Path(args.out)} in {elapsed:.1f} s; neighbour correlation {corr:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
