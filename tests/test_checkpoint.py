@@ -187,3 +187,12 @@ def test_file_without_a_state_dict(tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, path)
     with pytest.raises(CheckpointError, match=r"keys \[epoch, lr\] but no tensors"):
         load_prior(_tiny_spec(), path)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = save_state_dict(create_model(**TINY), tmp_path / "perm.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -61,7 +61,10 @@ def test_unet_forward_matches_reference(path: Path, attention: str):
     assert out.shape == fx["out"].shape
     assert out.dtype == torch.float32
     err = (out - fx["out"]).abs().max().item()
-    assert err < TOL, f"max abs diff {err:.2e}"
+    # a float16 body (use_fp16) rounds every activation to 11 bits: a different but equally valid order of
+    # operations (the fused attention) then differs by ~1e-4; the reference-order path stays exact
+    tol = 2e-3 if attention == "sdpa" and fx["flags"].get("use_fp16") else TOL
+    assert err < tol, f"max abs diff {err:.2e}"
 
 
 def _step_cases():

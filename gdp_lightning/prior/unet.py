@@ -243,15 +243,23 @@ class AttentionBlock(nn.Module):
             return self._forward_reference(x)
         b, c, height, width = x.shape
         heads, d = self.num_heads, c // self.num_heads
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (b, L, c)
-        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # (b, L, 3c)
+        h = self.norm(x).flatten(2)  # (b, c, L), a view in either memory format
+        length = h.shape[-1]
+        # projections as batched matmuls on strided views: no copies of the activations
+        w_qkv = self.qkv.weight.squeeze(-1)
+        qkv = torch.baddbmm(self.qkv.bias.expand(b, 1, 3 * c), h.transpose(1, 2), w_qkv.t().expand(b, c, 3 * c))
         if self.use_new_attention_order:
-            q, k, v = qkv.unflatten(-1, (3, heads, d)).unbind(2)
+            q, k, v = qkv.unflatten(-1, (3, heads, d)).unbind(2)  # each (b, L, heads, d)
         else:
             q, k, v = qkv.unflatten(-1, (heads, 3, d)).unbind(3)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        a = a.transpose(1, 2).flatten(2)  # (b, L, c), channels ordered [head][channel]
-        out = F.linear(a, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        a = a.transpose(1, 2).reshape(b, length, c)  # channels ordered [head][channel]
+        w_out = self.proj_out.weight.squeeze(-1)
+        if x.is_contiguous():  # NCHW: produce the update channel-first
+            out = torch.baddbmm(self.proj_out.bias.view(1, c, 1).expand(b, c, 1), w_out.expand(b, c, c), a.transpose(1, 2))
+            return x + out.view(b, c, height, width)
+        # channels-last: produce it token-first, which is the same memory order
+        out = torch.baddbmm(self.proj_out.bias.expand(b, 1, c), a, w_out.t().expand(b, c, c))
         return x + out.transpose(1, 2).reshape(b, c, height, width)
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
