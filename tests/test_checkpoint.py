@@ -20,7 +20,7 @@ from gdp_lightning.prior import (
     save_state_dict,
 )
 
-from .test_unet import TINY, _tiny
+from .helpers import TINY, _tiny
 
 
 def test_shared_prior_loads_strictly_from_float16(skimage64_checkpoint):

@@ -11,7 +11,7 @@ from gdp_lightning.diffusion import GaussianDiffusion, named_beta_schedule, norm
 from gdp_lightning.prior import get_preset
 from gdp_lightning.prior.spec import DiffusionSettings
 
-from .test_unet import _tiny
+from .helpers import _tiny
 
 
 def _diffusion(var_type="learned_range", schedule="linear", steps=1000, respacing="", **kw) -> GaussianDiffusion:
