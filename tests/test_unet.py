@@ -13,6 +13,7 @@ from gdp_lightning.prior import PRESETS, UNetFlags, create_model, get_preset, pr
 from .conftest import SHARED, fixtures_dir
 from .helpers import TINY, _tiny
 
+
 # ------------------------------------------------------------------ presets
 def _manifests() -> dict:
     path = fixtures_dir() / "guided_diffusion_manifests.json"
