@@ -1,0 +1,39 @@
+"""Degradations: forward models A_φ on [0, 1] images, one small module per operator.
+
+Knows nothing of diffusion or Lightning. See :mod:`.base` for the interface.
+"""
+
+from .base import Compose, Degradation, GaussianNoise, Identity
+from .blur import Blur, conv_adjoint, convolve
+from .colorization import Colorization
+from .illumination import HDR, Illumination, LowLight
+from .inpainting import Inpainting
+from .kernels import gaussian_kernel, gdp_gaussian_kernel, load_kernel, motion_kernel, uniform_kernel
+from .masks import box_mask, load_mask, permutation_mask, random_mask
+from .super_resolution import KernelSuperResolution, SuperResolution
+
+__all__ = [
+    "Blur",
+    "Colorization",
+    "Compose",
+    "Degradation",
+    "GaussianNoise",
+    "HDR",
+    "Identity",
+    "Illumination",
+    "Inpainting",
+    "KernelSuperResolution",
+    "LowLight",
+    "SuperResolution",
+    "box_mask",
+    "conv_adjoint",
+    "convolve",
+    "gaussian_kernel",
+    "gdp_gaussian_kernel",
+    "load_kernel",
+    "load_mask",
+    "motion_kernel",
+    "permutation_mask",
+    "random_mask",
+    "uniform_kernel",
+]

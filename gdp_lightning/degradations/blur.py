@@ -1,0 +1,172 @@
+"""Blur: convolution with a known kernel, or with a per-image kernel learned during sampling (blind)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .base import Degradation, _per_image, _set_phi
+from .kernels import gaussian_kernel
+
+__all__ = ["Blur", "convolve", "conv_adjoint"]
+
+PADDINGS = ("valid", "zeros", "reflect", "replicate", "circular")
+
+
+def _pads(kh: int, kw: int) -> Tuple[int, int, int, int]:
+    """F.pad amounts (left, right, top, bottom) that keep the size ("same" output)."""
+    return (kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2
+
+
+def convolve(x: torch.Tensor, kernel: torch.Tensor, padding: str = "valid", stride: int = 1) -> torch.Tensor:
+    """Per-channel 2-D convolution (the kernel is flipped, as in the mathematical definition).
+
+    :param x: ``(N, C, H, W)``.
+    :param kernel: ``(Kh, Kw)``, ``(1 or N, 1, Kh, Kw)`` (one per image) or ``(1 or N, C, Kh, Kw)``.
+    :param padding: ``"valid"`` (output ``H-Kh+1``) or a padding mode keeping the size: ``"zeros"``,
+        ``"reflect"``, ``"replicate"``, ``"circular"``.
+    :param stride: keep every ``stride``-th output sample (downsampling).
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    n, c, h, w = x.shape
+    if kernel.ndim == 2:
+        kernel = kernel[None, None]
+    kb, kc, kh, kw = kernel.shape
+    if kb not in (1, n) or kc not in (1, c):
+        raise ValueError(f"a kernel of shape {tuple(kernel.shape)} does not fit images of shape {tuple(x.shape)}")
+    if padding != "valid":
+        x = F.pad(x, _pads(kh, kw), mode="constant" if padding == "zeros" else padding)
+    elif kh > h or kw > w:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit in a {h}x{w} image with valid padding")
+    weight = kernel.flip(-1, -2).to(x.dtype).expand(n, c, kh, kw).reshape(n * c, 1, kh, kw)
+    out = F.conv2d(x.reshape(1, n * c, *x.shape[-2:]), weight, stride=stride, groups=n * c)
+    return out.reshape(n, c, *out.shape[-2:])
+
+
+def conv_adjoint(
+    y: torch.Tensor, kernel: torch.Tensor, padding: str, size: Tuple[int, int], stride: int = 1
+) -> torch.Tensor:
+    """The adjoint of :func:`convolve` (``size``: the image size), exact for every padding mode."""
+    n, c = y.shape[:2]
+    if kernel.ndim == 2:
+        kernel = kernel[None, None]
+    kh, kw = kernel.shape[-2:]
+    if padding == "valid":
+        ph, pw = size
+    else:
+        left, right, top, bottom = _pads(kh, kw)
+        ph, pw = size[0] + top + bottom, size[1] + left + right
+    weight = kernel.flip(-1, -2).to(y.dtype).expand(n, c, kh, kw).reshape(n * c, 1, kh, kw)
+    out_h = (y.shape[-2] - 1) * stride + kh
+    out_w = (y.shape[-1] - 1) * stride + kw
+    z = F.conv_transpose2d(
+        y.reshape(1, n * c, *y.shape[-2:]), weight, stride=stride, groups=n * c,
+        output_padding=(ph - out_h, pw - out_w),
+    ).reshape(n, c, ph, pw)
+    if padding == "valid":
+        return z
+    left, right, top, bottom = _pads(kh, kw)
+    if padding == "zeros":
+        return z[..., top : top + size[0], left : left + size[1]]
+    # reflect / replicate / circular padding is a linear map P; its adjoint comes from autograd
+    probe = torch.zeros(n, c, *size, dtype=y.dtype, device=y.device, requires_grad=True)
+    with torch.enable_grad():
+        padded = F.pad(probe, (left, right, top, bottom), mode=padding)
+        (grad,) = torch.autograd.grad(padded, probe, grad_outputs=z)
+    return grad
+
+
+class Blur(Degradation):
+    """y = k ⊛ x per channel, with a known kernel or a learned one (``learnable=True``, blind deblurring).
+
+    Linear in x for the current kernel (blind or not), so it has an adjoint.
+
+    :param kernel: ``(K, K)`` kernel (see :mod:`.kernels`), or ``None`` with ``learnable`` and ``kernel_size``.
+    :param padding: ``"valid"`` (GDP: the observation is smaller by K-1) or a size-keeping mode
+        (``"reflect"`` suits real photos).
+    :param learnable: optimise a per-image kernel during sampling. It is kept non-negative and summing to
+        one by a softmax over logits; it starts at ``kernel`` if given, else at a Gaussian of
+        ``init_sigma`` pixels (logits start at log(max(k, 1e-4)): an entry that starts far smaller would
+        have a vanishing gradient and could never grow).
+    """
+
+    linear = True
+
+    def __init__(
+        self,
+        kernel: Optional[torch.Tensor] = None,
+        padding: str = "valid",
+        learnable: bool = False,
+        kernel_size: Optional[int] = None,
+        init_sigma: float = 1.0,
+    ):
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        if kernel is None:
+            if not kernel_size:
+                raise ValueError("give a kernel, or kernel_size for a learnable one")
+            kernel = gaussian_kernel(kernel_size, init_sigma)
+        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        if kernel.ndim != 2:
+            raise ValueError(f"a blur kernel must be 2-D, got shape {tuple(kernel.shape)}")
+        self.padding = padding
+        self.learnable = learnable
+        self.register_buffer("initial_kernel", kernel / kernel.sum(), persistent=False)
+        self._set_kernel(kernel[None, None] / kernel.sum())
+
+    def _set_kernel(self, kernel: torch.Tensor) -> None:
+        if self.learnable:
+            _set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
+        else:
+            _set_phi(self, "kernel_values", kernel, learnable=False)
+
+    def kernel(self) -> torch.Tensor:
+        """The current kernel(s), ``(1 or N, 1, K, K)``, non-negative, summing to one."""
+        if self.learnable:
+            logits = self.kernel_logits
+            return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
+        return self.kernel_values
+
+    @property
+    def kernel_size(self) -> Tuple[int, int]:
+        return tuple(self.initial_kernel.shape)
+
+    def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
+        start = _per_image(self.initial_kernel[None, None], batch_size, 4)
+        self._set_kernel(start.to(device or self.initial_kernel.device))
+
+    def set_kernel(self, kernel: torch.Tensor) -> None:
+        """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``)."""
+        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        kernel = kernel[None, None] if kernel.ndim == 2 else kernel
+        self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return convolve(x, self.kernel(), self.padding)
+
+    def adjoint(self, y: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        return conv_adjoint(y, self.kernel(), self.padding, size or self.input_size(*y.shape[-2:]))
+
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        if self.padding == "valid":
+            kh, kw = self.kernel_size
+            return height - kh + 1, width - kw + 1
+        return height, width
+
+    def input_size(self, height: int, width: int) -> Tuple[int, int]:
+        if self.padding == "valid":
+            kh, kw = self.kernel_size
+            return height + kh - 1, width + kw - 1
+        return height, width
+
+    def _phi_tensors(self) -> Dict[str, torch.Tensor]:
+        return {"kernel": self.kernel()}
+
+    def extra_repr(self) -> str:
+        kh, kw = self.kernel_size
+        return f"kernel={kh}x{kw}, padding={self.padding}, learnable={self.learnable}"
+

@@ -1,0 +1,74 @@
+"""Inpainting masks: 1 = observed pixel, 0 = missing. Float32 ``(H, W)`` tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["random_mask", "box_mask", "load_mask", "permutation_mask"]
+
+
+def random_mask(
+    height: int, width: int, missing: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Exactly ``round(missing · H · W)`` pixels missing, chosen uniformly (the same pixels in every channel)."""
+    if not 0.0 <= missing <= 1.0:
+        raise ValueError(f"the missing fraction must be in [0, 1], got {missing}")
+    n = height * width
+    order = torch.randperm(n, generator=generator)
+    mask = torch.ones(n)
+    mask[order[: round(missing * n)]] = 0
+    return mask.reshape(height, width)
+
+
+def box_mask(height: int, width: int, top: int, left: int, box_height: int, box_width: int) -> torch.Tensor:
+    """A missing rectangle (clipped to the image)."""
+    mask = torch.ones(height, width)
+    mask[max(top, 0) : max(top + box_height, 0), max(left, 0) : max(left + box_width, 0)] = 0
+    return mask
+
+
+def permutation_mask(path: Union[str, Path], missing: float = 0.25, size: int = 256) -> torch.Tensor:
+    """The GDP/DDRM random-inpainting protocol: the first ``missing`` fraction of a stored permutation of the
+    ``size × size`` flat pixel indices are missing (``random_permutation_256.txt``: 25 %, 16384 pixels)."""
+    path = Path(path)
+    try:
+        order = np.loadtxt(path).astype(np.int64).reshape(-1)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read a pixel permutation ({e})") from None
+    if sorted(order.tolist()) != list(range(size * size)):
+        raise ValueError(f"{path}: not a permutation of 0..{size * size - 1}")
+    mask = torch.ones(size * size)
+    mask[torch.from_numpy(order[: round(missing * size * size)])] = 0
+    return mask.reshape(size, size)
+
+
+def load_mask(path: Union[str, Path]) -> torch.Tensor:
+    """A mask from ``.npy`` (non-zero = observed, as the GDP/DDRM protocol masks), ``.pt`` or an image
+    (white = observed, black = missing; a colour image is averaged, an alpha channel ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such mask file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            m = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+        elif suffix == ".pt":
+            m = torch.load(path, map_location="cpu", weights_only=True).float()
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                m = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32))
+            m = m / 255.0
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read an inpainting mask ({e})") from None
+    m = m.squeeze()
+    if m.ndim == 3:  # channels first or last: observed where the mean is at least half
+        m = m.mean(0 if m.shape[0] <= 4 else -1)
+    if m.ndim != 2:
+        raise ValueError(f"{path}: an inpainting mask must be 2-D, got shape {tuple(m.shape)}")
+    return (m >= 0.5 if m.max() <= 1 else m > 0).float()
