@@ -1,0 +1,27 @@
+"""The GDP sampling loop (pure torch): guidance, φ optimisation, scale conventions, tiling.
+
+Knows nothing of Lightning.
+"""
+
+from .gdp import (
+    PAPER_SIZE,
+    PAPER_STEPS,
+    GDPResult,
+    GDPSampler,
+    GuidanceDivergedError,
+    QualityTerm,
+    TrajectoryPoint,
+)
+from .tiling import Tiler, tile_starts
+
+__all__ = [
+    "GDPResult",
+    "GDPSampler",
+    "GuidanceDivergedError",
+    "PAPER_SIZE",
+    "PAPER_STEPS",
+    "QualityTerm",
+    "Tiler",
+    "TrajectoryPoint",
+    "tile_starts",
+]

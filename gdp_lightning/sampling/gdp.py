@@ -1,0 +1,382 @@
+"""The GDP sampler (Fei et al., CVPR 2023): diffusion sampling guided by a degradation model.
+
+At every reverse step:
+
+1. one UNet forward (in tiles of the prior's size when the image is larger) gives
+   μ, log Σ and x̃0 (clamped), averaged over tile overlaps;
+2. the guidance objective ``c·(s·Σ_b D_b + Σ_q w_q·Σ_b Q_q,b)`` is differentiated with respect to the
+   detached x̃0 (GDP-x0) or x_t (GDP-xt); D_b = mean over channels and pixels of
+   dist(A_φ((x̃0+1)/2), y) (summed over the observations of HDR), Q_q the quality losses;
+   nothing is back-propagated through the UNet;
+3. φ takes ``phi_steps`` optimiser steps on Σ_b D_b + Σ_b R_b(φ) (its data term and its own
+   regularisation, not multiplied by s, without the quality terms);
+4. DDPM: x_{t-1} = μ − ∇ + σ·z; DDIM: the guided x̃0' = x̃0 − ∇/c₁(t) (c₁ the posterior-mean coefficient
+   of x̃0, so that at η = 1 the step equals the DDPM one) enters the DDIM update.
+
+Order of 2 and 3: ``phi_update="before"`` (default, the official code) guides with φ as it was before
+this step's update; ``"after"`` updates φ first.
+
+Scale conventions: ``"raw"`` uses ``scale`` as is per step (the official code); ``"paper"`` (default)
+reads ``scale`` as the paper's value for 1000 steps on a 256×256 image and multiplies every guidance term
+by ``c = (1000 / steps) · numel(y) / numel(y of a 256×256 image)``, so that the push per pixel per unit
+of diffusion time does not change with the number of steps, the image size or the prior's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..degradations import Degradation
+from ..diffusion import GaussianDiffusion, MeanVariance, randn
+from ..losses import RECONSTRUCTION, QualityLoss
+from .tiling import Tiler
+
+__all__ = ["GDPSampler", "GDPResult", "QualityTerm", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
+
+PAPER_STEPS = 1000
+PAPER_SIZE = 256
+
+
+class GuidanceDivergedError(FloatingPointError):
+    """The sample became non-finite: the guidance was too strong."""
+
+
+@dataclass
+class QualityTerm:
+    """A quality loss in the guidance objective.
+
+    :param loss: the loss module (e.g. :class:`~gdp_lightning.losses.ExposureControl`).
+    :param weight: its weight.
+    :param relative: the weight multiplies the guidance scale s (the paper's low-light weights:
+        exposure s/100, colour s/200); else it is absolute (the official colorization's 500).
+    :param name: name in logs.
+    """
+
+    loss: QualityLoss
+    weight: float
+    relative: bool = False
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = type(self.loss).__name__
+
+
+@dataclass
+class TrajectoryPoint:
+    """The state after one step, for logging: x̃0 in [0, 1] of the first images, loss terms, φ."""
+
+    step: int
+    timestep: int
+    x0: torch.Tensor
+    losses: Dict[str, torch.Tensor]
+    phi: Dict[str, torch.Tensor]
+
+
+@dataclass
+class GDPResult:
+    """Restored images in [0, 1], the final φ, the final loss terms per image and the trajectory."""
+
+    images: torch.Tensor
+    phi: Dict[str, torch.Tensor]
+    losses: Dict[str, torch.Tensor]
+    trajectory: List[TrajectoryPoint] = field(default_factory=list)
+
+
+class GDPSampler:
+    """GDP restoration with a pretrained diffusion prior and a degradation model.
+
+    :param unet: the prior (any callable ``unet(x, t, y=None)``; usually a :class:`~gdp_lightning.prior.UNetModel`).
+    :param diffusion: the (respaced) diffusion the sampler walks.
+    :param degradation: the forward model A_φ; its learnable φ are optimised per image.
+    :param scale: guidance scale s (see the scale conventions above).
+    :param scale_convention: ``"paper"`` or ``"raw"``.
+    :param variant: ``"x0"`` (GDP-x0: the loss on x̃0) or ``"xt"`` (GDP-xt: the loss on x_t).
+    :param method: ``"ddpm"`` or ``"ddim"`` (``eta`` its stochasticity).
+    :param data_loss: ``"mse"`` or ``"l1"``.
+    :param quality: quality terms added to the guidance objective.
+    :param phi_optimizer: ``"adam"`` or ``"sgd"`` (plain gradient descent; lr 1 is the official update).
+    :param phi_lr: learning rate of φ.
+    :param phi_steps: optimiser steps on φ per diffusion step.
+    :param phi_update: ``"before"`` (guide with φ before its update, official) or ``"after"``.
+    :param tile_size: tile side for images larger than the prior (default: the prior's ``image_size``);
+        ``None`` with ``whole_image=True`` runs the UNet on the whole image.
+    :param tile_overlap: overlap of neighbouring tiles (default: a quarter of the tile; the official
+        code uses half).
+    :param tile_batch: tiles per UNet forward.
+    :param whole_image: run the UNet on the whole image whatever its size (it must be a multiple of the
+        UNet's downsampling factor).
+    :param clip_denoised: clamp x̃0 to [-1, 1].
+    :param trajectory_every: record the state every this many steps (0: never; the last step is
+        always recorded when > 0).
+    :param trajectory_images: how many images of the batch the trajectory keeps.
+    :param progress: show a progress bar over the steps.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        diffusion: GaussianDiffusion,
+        degradation: Degradation,
+        scale: float,
+        *,
+        scale_convention: str = "paper",
+        variant: str = "x0",
+        method: str = "ddpm",
+        eta: float = 0.0,
+        data_loss: str = "mse",
+        quality: Sequence[QualityTerm] = (),
+        phi_optimizer: str = "adam",
+        phi_lr: float = 0.02,
+        phi_steps: int = 1,
+        phi_update: str = "before",
+        tile_size: Optional[int] = None,
+        tile_overlap: Optional[int] = None,
+        tile_batch: int = 16,
+        whole_image: bool = False,
+        clip_denoised: bool = True,
+        trajectory_every: int = 0,
+        trajectory_images: int = 4,
+        progress: bool = False,
+    ):
+        for name, value, allowed in (
+            ("scale_convention", scale_convention, ("paper", "raw")),
+            ("variant", variant, ("x0", "xt")),
+            ("method", method, ("ddpm", "ddim")),
+            ("data_loss", data_loss, tuple(RECONSTRUCTION)),
+            ("phi_optimizer", phi_optimizer, ("adam", "sgd")),
+            ("phi_update", phi_update, ("before", "after")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if phi_steps < 0 or tile_batch < 1:
+            raise ValueError("phi_steps must be >= 0 and tile_batch >= 1")
+        self.unet, self.diffusion, self.degradation = unet, diffusion, degradation
+        self.scale, self.scale_convention = float(scale), scale_convention
+        self.variant, self.method, self.eta = variant, method, float(eta)
+        self.data_loss = RECONSTRUCTION[data_loss]
+        self.quality = list(quality)
+        self.phi_optimizer, self.phi_lr, self.phi_steps, self.phi_update = phi_optimizer, phi_lr, phi_steps, phi_update
+        prior_size = getattr(unet, "image_size", None)
+        self.tile_size = tile_size or prior_size
+        self.tile_overlap = tile_overlap
+        self.tile_batch = tile_batch
+        self.whole_image = whole_image or self.tile_size is None
+        self.clip_denoised = clip_denoised
+        self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
+        self.progress = progress
+
+    # ------------------------------------------------------------ scales
+    def conversion(self, height: int, width: int, channels: int = 3) -> float:
+        """The factor c that multiplies every guidance term (1 for the raw convention)."""
+        if self.scale_convention == "raw":
+            return 1.0
+        deg = self.degradation
+        numel = deg.output_numel(height, width, channels)
+        reference = deg.output_numel(PAPER_SIZE, PAPER_SIZE, channels)
+        return PAPER_STEPS / self.diffusion.num_timesteps * numel / reference
+
+    # ------------------------------------------------------------ pieces
+    def _forward_tiles(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
+        """μ, log Σ, x̃0 of the whole image, from tiles averaged over overlaps (or one forward)."""
+        model_t = self.diffusion.model_timesteps(t)
+        h, w = x.shape[-2:]
+        kwargs_for = lambda lab: {} if lab is None else {"y": lab}  # noqa: E731
+        if self.whole_image or (h == self.tile_size and w == self.tile_size):
+            with torch.no_grad():
+                out = self.unet(x, model_t, **kwargs_for(labels))
+            return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
+        tiler = self._tiler(h, w)
+        n = tiler.num_tiles
+        x_tiles = tiler.split(x)
+        t_tiles = t.repeat_interleave(n)
+        lab_tiles = None if labels is None else labels.repeat_interleave(n)
+        outs = []
+        with torch.no_grad():
+            for i in range(0, x_tiles.shape[0], self.tile_batch):
+                sl = slice(i, i + self.tile_batch)
+                outs.append(
+                    self.unet(x_tiles[sl], model_t.repeat_interleave(n)[sl],
+                              **kwargs_for(None if lab_tiles is None else lab_tiles[sl]))
+                )
+        mv = self.diffusion.mean_variance_from_output(
+            torch.cat(outs), x_tiles, t_tiles, clip_denoised=self.clip_denoised
+        )
+        return MeanVariance(
+            mean=tiler.merge(mv.mean),
+            variance=torch.exp(tiler.merge(mv.log_variance)),
+            log_variance=tiler.merge(mv.log_variance),
+            pred_xstart=tiler.merge(mv.pred_xstart),
+        )
+
+    def _tiler(self, h: int, w: int) -> Tiler:
+        key = (h, w)
+        if getattr(self, "_tiler_key", None) != key:
+            tile = self.tile_size
+            if h < tile or w < tile:
+                raise ValueError(
+                    f"the image is {h}x{w}, smaller than the prior's {tile}x{tile} tiles; pad it to at least "
+                    f"{tile}x{tile}, or run the UNet on the whole image (whole_image=True)"
+                )
+            overlap = self.tile_overlap if self.tile_overlap is not None else tile // 4
+            self._tiler_cache = Tiler(h, w, tile, overlap)
+            self._tiler_key = key
+        return self._tiler_cache
+
+    def data_terms(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-image data term D_b for an image in [-1, 1] (x̃0 or x_t)."""
+        pred = self.degradation((image + 1) / 2)
+        if pred.shape != y.shape:
+            raise ValueError(
+                f"the degradation maps the image to {tuple(pred.shape)} but the observation is {tuple(y.shape)}"
+            )
+        return self.degradation.num_observations * self.data_loss(pred, y)
+
+    def loss_terms(self, image: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Every term of the guidance objective, per image (unweighted)."""
+        terms = {"data": self.data_terms(image, y)}
+        for q in self.quality:
+            terms[q.name] = q.loss(q.loss.prepare(image))
+        return terms
+
+    def guidance(self, image: torch.Tensor, y: torch.Tensor, c: float):
+        """Gradient of the weighted guidance objective with respect to ``image``, and the loss terms."""
+        image = image.detach().requires_grad_(True)
+        with torch.enable_grad():
+            terms = self.loss_terms(image, y)
+            objective = self.scale * terms["data"].sum()
+            for q in self.quality:
+                weight = q.weight * self.scale if q.relative else q.weight
+                objective = objective + weight * terms[q.name].sum()
+            (grad,) = torch.autograd.grad(c * objective, image)
+        return grad, {k: v.detach() for k, v in terms.items()}
+
+    def update_phi(self, image: torch.Tensor, y: torch.Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """``phi_steps`` optimiser steps of φ on its data term plus its regularisation (image detached)."""
+        if optimizer is None:
+            return
+        image = image.detach()
+        for _ in range(self.phi_steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                objective = self.data_terms(image, y).sum()
+                reg = self.degradation.regularization()
+                if reg is not None:
+                    objective = objective + reg.sum()
+                objective.backward()
+            optimizer.step()
+
+    def make_optimizer(self) -> Optional[torch.optim.Optimizer]:
+        params = list(self.degradation.learnable_parameters().values())
+        if not params or self.phi_steps == 0:
+            return None
+        if self.phi_optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.phi_lr)
+        return torch.optim.Adam(params, lr=self.phi_lr)
+
+    def guided_step(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        labels: Optional[torch.Tensor] = None,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        noise: Optional[torch.Tensor] = None,
+        c: Optional[float] = None,
+    ):
+        """One reverse step from x_t: returns (x_{t-1}, the guided mean, the unguided MeanVariance, loss terms).
+
+        For DDIM the returned mean is the DDIM update before noise.
+        """
+        c = self.conversion(*x.shape[-2:], x.shape[1]) if c is None else c
+        mv = self._forward_tiles(x, t, labels)
+        target = mv.pred_xstart if self.variant == "x0" else x
+        if self.phi_update == "after":
+            self.update_phi(target, y, optimizer)
+        grad, terms = self.guidance(target, y, c)
+        if self.phi_update == "before":
+            self.update_phi(target, y, optimizer)
+        if self.method == "ddpm":
+            mean = mv.mean - grad
+            if noise is None:
+                noise = torch.zeros_like(x)
+            step = self.diffusion.ddpm_step(mv, x, t, noise, mean=mean)
+        else:
+            coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
+            x0_guided = mv.pred_xstart - grad / coef1
+            step = self.diffusion.ddim_step(mv, x, t, noise=noise, eta=self.eta, pred_xstart=x0_guided)
+        return step.sample, step.mean, mv, terms
+
+    # ------------------------------------------------------------- the loop
+    @torch.no_grad()
+    def restore(
+        self,
+        y: torch.Tensor,
+        *,
+        seeds: Optional[Sequence[int]] = None,
+        image_size: Optional[Sequence[int]] = None,
+        labels: Optional[torch.Tensor] = None,
+        channels: int = 3,
+    ) -> GDPResult:
+        """Restore a batch of observations ``y`` (``(N, C', H', W')`` in [0, 1]).
+
+        :param seeds: one per image (default ``0..N-1``): image i's noise and φ initialisation come from
+            generators seeded by ``seeds[i]``, so its result does not depend on the batch it is in.
+        :param image_size: ``(H, W)`` of the restored image (default: the degradation's ``input_size``).
+        :param labels: class labels ``(N,)`` for a class-conditional prior.
+        """
+        n = y.shape[0]
+        device = y.device
+        seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} images")
+        if getattr(self.unet, "num_classes", None) is not None and labels is None:
+            raise ValueError("the prior is class-conditional: give one class label per image (labels=...)")
+        h, w = tuple(image_size) if image_size is not None else self.degradation.input_size(*y.shape[-2:])
+        noise_gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+        phi_gens = [torch.Generator().manual_seed(s + 0x5EED) for s in seeds]
+        self.degradation.init_parameters(n, h, w, phi_gens, device)
+        optimizer = self.make_optimizer()
+        c = self.conversion(h, w, channels)
+
+        x = randn((n, channels, h, w), noise_gens, device=device)
+        steps = range(self.diffusion.num_timesteps - 1, -1, -1)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="GDP", unit="step", leave=False)
+        trajectory: List[TrajectoryPoint] = []
+        terms: Dict[str, torch.Tensor] = {}
+        total = self.diffusion.num_timesteps
+        for i in steps:
+            t = torch.full((n,), i, device=device, dtype=torch.long)
+            noise = randn(x.shape, noise_gens, device=device) if (i > 0 and (self.method == "ddpm" or self.eta > 0)) else None
+            x, _, mv, terms = self.guided_step(x, t, y, labels=labels, optimizer=optimizer, noise=noise, c=c)
+            if not bool(torch.isfinite(x).all()):
+                timestep = int(self.diffusion.model_timesteps(t[:1]))
+                raise GuidanceDivergedError(
+                    f"the sample became non-finite at step {total - i} of {total} (timestep {timestep}): the "
+                    f"guidance diverged; use a smaller scale than {self.scale:g}"
+                )
+            if self.trajectory_every and ((total - 1 - i) % self.trajectory_every == 0 or i == 0):
+                k = self.trajectory_images
+                trajectory.append(
+                    TrajectoryPoint(
+                        step=total - i,
+                        timestep=int(self.diffusion.model_timesteps(t[:1])),
+                        x0=((mv.pred_xstart[:k] + 1) / 2).clamp(0, 1).cpu(),
+                        losses={name: v.cpu() for name, v in terms.items()},
+                        phi={name: v[:k] for name, v in self.degradation.phi().items()},
+                    )
+                )
+        return GDPResult(
+            images=((x + 1) / 2).clamp(0, 1),
+            phi=self.degradation.phi(),
+            losses={name: v.cpu() for name, v in terms.items()},
+            trajectory=trajectory,
+        )

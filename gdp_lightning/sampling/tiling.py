@@ -1,0 +1,62 @@
+"""Overlapping tiles of the prior's size, so that any image size can be restored.
+
+Tiles start every ``tile - overlap`` pixels, the last one flush with the border;
+per-pixel results are averaged over the tiles that cover the pixel.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+__all__ = ["tile_starts", "Tiler"]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` pixels, the last flush with the end."""
+    if tile > length:
+        raise ValueError(f"a tile of {tile} pixels does not fit in {length}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"the overlap must be in [0, {tile}), got {overlap}")
+    stride = tile - overlap
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+class Tiler:
+    """Split ``(N, C, H, W)`` tensors into ``(N·T, C, tile, tile)`` tiles and merge them back by averaging."""
+
+    def __init__(self, height: int, width: int, tile: int, overlap: int):
+        self.height, self.width, self.tile = height, width, tile
+        self.boxes: List[Tuple[int, int]] = [
+            (top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)
+        ]
+        count = torch.zeros(1, 1, height, width)
+        for top, left in self.boxes:
+            count[..., top : top + tile, left : left + tile] += 1
+        self._count = count
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.boxes)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """Tiles ordered image-major: tile ``j`` of image ``i`` is at ``i·T + j``."""
+        t = self.tile
+        tiles = [x[..., top : top + t, left : left + t] for top, left in self.boxes]
+        return torch.stack(tiles, dim=1).reshape(-1, *x.shape[1:-2], t, t)
+
+    def merge(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Average of the tiles over their overlaps."""
+        n = tiles.shape[0] // self.num_tiles
+        tiles = tiles.reshape(n, self.num_tiles, *tiles.shape[1:])
+        out = tiles.new_zeros(n, tiles.shape[2], self.height, self.width)
+        t = self.tile
+        for j, (top, left) in enumerate(self.boxes):
+            out[..., top : top + t, left : left + t] += tiles[:, j]
+        if self.num_tiles == 1:
+            return out
+        return out / self._count.to(out.device, out.dtype)
