@@ -31,29 +31,3 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def _tiny(**overrides) -> torch.nn.Module:
     return _randomize(create_model(**{**TINY, **overrides})).eval()
 
-
-def skimage_crops(n: int = 4, size: int = 64, scale: float = 0.25, seed: int = 0) -> torch.Tensor:
-    """``n`` crops of scikit-image's colour photos, downscaled by ``scale`` first, in [0, 1], 8-bit values."""
-    import torch.nn.functional as F
-    from skimage import data
-
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        img = torch.from_numpy(getattr(data, names[i % len(names)])()).permute(2, 0, 1).float()[None] / 255
-        img = F.interpolate(img, scale_factor=scale, mode="bicubic", antialias=True, align_corners=False)
-        top = int(torch.randint(0, img.shape[-2] - size + 1, (1,), generator=g))
-        left = int(torch.randint(0, img.shape[-1] - size + 1, (1,), generator=g))
-        out.append(img[..., top : top + size, left : left + size])
-    return quantize(torch.cat(out))
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels (the observations and outputs of the benchmark protocol)."""
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image, for images in [0, 1]."""
-    return 10 * torch.log10(1 / (a - b).pow(2).flatten(1).mean(1))

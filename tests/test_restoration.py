@@ -13,14 +13,23 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import save_image
 
-from gdp_lightning.degradations import HDR, Blur, Colorization, Inpainting, LowLight, SuperResolution, gdp_gaussian_kernel, random_mask
+from gdp_lightning.benchmark import psnr, quantize, skimage_crops
+from gdp_lightning.degradations import (
+    HDR,
+    Blur,
+    Colorization,
+    Inpainting,
+    LowLight,
+    SuperResolution,
+    gdp_gaussian_kernel,
+    random_mask,
+)
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.losses import ColorConstancy, ExposureControl
 from gdp_lightning.prior import get_preset, load_prior
 from gdp_lightning.sampling import GDPSampler, QualityTerm
 
 from .conftest import SHARED
-from .helpers import psnr, quantize, skimage_crops
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,16 @@ import copy
 import pytest
 import torch
 
-from gdp_lightning.degradations import Blur, Colorization, HDR, Inpainting, LowLight, SuperResolution, gaussian_kernel, random_mask
+from gdp_lightning.degradations import (
+    HDR,
+    Blur,
+    Colorization,
+    Inpainting,
+    LowLight,
+    SuperResolution,
+    gaussian_kernel,
+    random_mask,
+)
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.losses import ExposureControl
 from gdp_lightning.prior.spec import DiffusionSettings

@@ -25,7 +25,7 @@ of diffusion time does not change with the number of steps, the image size or th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
