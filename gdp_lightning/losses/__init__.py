@@ -91,7 +91,7 @@ class ColorConstancy(QualityLoss):
     official form's gradient is infinite there, and its colorization loop returns NaN for gray images).
     """
 
-    def __init__(self, eps: float = 1e-12, value_range: str = "[0,1]"):
+    def __init__(self, eps: float = 1e-20, value_range: str = "[0,1]"):
         super().__init__(value_range)
         self.eps = float(eps)
 
