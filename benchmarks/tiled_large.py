@@ -58,7 +58,7 @@ def main() -> None:
     h, w = y.shape[-2:]
     sampler = GDPSampler(unet, GaussianDiffusion.from_prior(spec, respacing="100"), deg.to(device), 20000.0,
                          tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
-    tiler = sampler._tiler(h, w)
+    tiler = sampler.tiler(h, w)
     deg.init_parameters(1, h, w, [torch.Generator().manual_seed(0)], device)
     optimizer = sampler.make_optimizer()
     gens = [torch.Generator(device).manual_seed(0)]

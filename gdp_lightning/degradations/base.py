@@ -85,9 +85,6 @@ class Degradation(nn.Module):
         """A per-image penalty on φ, shape ``(N,)``, added to φ's objective (e.g. smoothness), or ``None``."""
         return None
 
-    def extra_repr(self) -> str:
-        return ""
-
 
 def _per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
     """Broadcast a given parameter to a leading batch dimension of ``batch_size``."""

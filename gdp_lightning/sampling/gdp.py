@@ -169,6 +169,7 @@ class GDPSampler:
         self.clip_denoised = clip_denoised
         self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
         self.progress = progress
+        self._tiler: Optional[Tiler] = None
 
     # ------------------------------------------------------------ scales
     def conversion(self, height: int, width: int, channels: int = 3) -> float:
@@ -190,32 +191,34 @@ class GDPSampler:
             with torch.no_grad():
                 out = self.unet(x, model_t, **kwargs_for(labels))
             return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
-        tiler = self._tiler(h, w)
+        tiler = self.tiler(h, w)
         n = tiler.num_tiles
         x_tiles = tiler.split(x)
         t_tiles = t.repeat_interleave(n)
+        model_t_tiles = model_t.repeat_interleave(n)
         lab_tiles = None if labels is None else labels.repeat_interleave(n)
         outs = []
         with torch.no_grad():
             for i in range(0, x_tiles.shape[0], self.tile_batch):
                 sl = slice(i, i + self.tile_batch)
                 outs.append(
-                    self.unet(x_tiles[sl], model_t.repeat_interleave(n)[sl],
+                    self.unet(x_tiles[sl], model_t_tiles[sl],
                               **kwargs_for(None if lab_tiles is None else lab_tiles[sl]))
                 )
         mv = self.diffusion.mean_variance_from_output(
             torch.cat(outs), x_tiles, t_tiles, clip_denoised=self.clip_denoised
         )
+        log_variance = tiler.merge(mv.log_variance)
         return MeanVariance(
             mean=tiler.merge(mv.mean),
-            variance=torch.exp(tiler.merge(mv.log_variance)),
-            log_variance=tiler.merge(mv.log_variance),
+            variance=torch.exp(log_variance),
+            log_variance=log_variance,
             pred_xstart=tiler.merge(mv.pred_xstart),
         )
 
-    def _tiler(self, h: int, w: int) -> Tiler:
-        key = (h, w)
-        if getattr(self, "_tiler_key", None) != key:
+    def tiler(self, h: int, w: int) -> Tiler:
+        """The tiling of an ``h × w`` image (cached for the last size)."""
+        if self._tiler is None or (self._tiler.height, self._tiler.width) != (h, w):
             tile = self.tile_size
             if h < tile or w < tile:
                 raise ValueError(
@@ -223,9 +226,8 @@ class GDPSampler:
                     f"{tile}x{tile}, or run the UNet on the whole image (whole_image=True)"
                 )
             overlap = self.tile_overlap if self.tile_overlap is not None else tile // 4
-            self._tiler_cache = Tiler(h, w, tile, overlap)
-            self._tiler_key = key
-        return self._tiler_cache
+            self._tiler = Tiler(h, w, tile, overlap)
+        return self._tiler
 
     def data_terms(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-image data term D_b for an image in [-1, 1] (x̃0 or x_t)."""
