@@ -4,7 +4,7 @@ Knows nothing of diffusion or Lightning. See :mod:`.base` for the interface.
 """
 
 from .base import Compose, Degradation, GaussianNoise, Identity
-from .blur import Blur, conv_adjoint, convolve
+from .blur import Blur, KernelOperator, conv_adjoint, convolve
 from .colorization import Colorization
 from .illumination import HDR, Illumination, LowLight
 from .inpainting import Inpainting
@@ -22,6 +22,7 @@ __all__ = [
     "Identity",
     "Illumination",
     "Inpainting",
+    "KernelOperator",
     "KernelSuperResolution",
     "LowLight",
     "SuperResolution",

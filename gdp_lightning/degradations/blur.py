@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .base import Degradation, _per_image, _set_phi
 from .kernels import gaussian_kernel
 
-__all__ = ["Blur", "convolve", "conv_adjoint"]
+__all__ = ["Blur", "KernelOperator", "convolve", "conv_adjoint"]
 
 PADDINGS = ("valid", "zeros", "reflect", "replicate", "circular")
 
@@ -79,7 +79,51 @@ def conv_adjoint(
     return grad
 
 
-class Blur(Degradation):
+class KernelOperator(Degradation):
+    """A degradation with one kernel per image, fixed (a buffer) or learned (softmax over logits: non-negative,
+    summing to one; logits start at log(max(k, 1e-4)) so that no entry starts too small to grow).
+
+    Subclasses set ``self.learnable`` and call :meth:`_init_kernel` with the starting kernel.
+    """
+
+    learnable: bool = False
+
+    def _init_kernel(self, kernel: torch.Tensor) -> None:
+        self.register_buffer("initial_kernel", kernel / kernel.sum(), persistent=False)
+        self._set_kernel(self.initial_kernel[None, None])
+
+    def _set_kernel(self, kernel: torch.Tensor) -> None:
+        if self.learnable:
+            _set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
+        else:
+            _set_phi(self, "kernel_values", kernel, learnable=False)
+
+    def kernel(self) -> torch.Tensor:
+        """The current kernel(s), ``(1 or N, 1, Kh, Kw)``, non-negative, summing to one."""
+        if self.learnable:
+            logits = self.kernel_logits
+            return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
+        return self.kernel_values
+
+    def set_kernel(self, kernel: torch.Tensor) -> None:
+        """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``), normalised to sum one."""
+        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        kernel = kernel[None, None] if kernel.ndim == 2 else kernel
+        self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
+
+    @property
+    def kernel_size(self) -> Tuple[int, int]:
+        return tuple(self.initial_kernel.shape)
+
+    def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
+        start = _per_image(self.initial_kernel[None, None], batch_size, 4)
+        self._set_kernel(start.to(device or self.initial_kernel.device))
+
+    def _phi_tensors(self) -> Dict[str, torch.Tensor]:
+        return {"kernel": self.kernel()}
+
+
+class Blur(KernelOperator):
     """y = k ⊛ x per channel, with a known kernel or a learned one (``learnable=True``, blind deblurring).
 
     Linear in x for the current kernel (blind or not), so it has an adjoint.
@@ -115,35 +159,7 @@ class Blur(Degradation):
             raise ValueError(f"a blur kernel must be 2-D, got shape {tuple(kernel.shape)}")
         self.padding = padding
         self.learnable = learnable
-        self.register_buffer("initial_kernel", kernel / kernel.sum(), persistent=False)
-        self._set_kernel(kernel[None, None] / kernel.sum())
-
-    def _set_kernel(self, kernel: torch.Tensor) -> None:
-        if self.learnable:
-            _set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
-        else:
-            _set_phi(self, "kernel_values", kernel, learnable=False)
-
-    def kernel(self) -> torch.Tensor:
-        """The current kernel(s), ``(1 or N, 1, K, K)``, non-negative, summing to one."""
-        if self.learnable:
-            logits = self.kernel_logits
-            return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
-        return self.kernel_values
-
-    @property
-    def kernel_size(self) -> Tuple[int, int]:
-        return tuple(self.initial_kernel.shape)
-
-    def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
-        start = _per_image(self.initial_kernel[None, None], batch_size, 4)
-        self._set_kernel(start.to(device or self.initial_kernel.device))
-
-    def set_kernel(self, kernel: torch.Tensor) -> None:
-        """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``)."""
-        kernel = torch.as_tensor(kernel, dtype=torch.float32)
-        kernel = kernel[None, None] if kernel.ndim == 2 else kernel
-        self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
+        self._init_kernel(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return convolve(x, self.kernel(), self.padding)
@@ -162,9 +178,6 @@ class Blur(Degradation):
             kh, kw = self.kernel_size
             return height + kh - 1, width + kw - 1
         return height, width
-
-    def _phi_tensors(self) -> Dict[str, torch.Tensor]:
-        return {"kernel": self.kernel()}
 
     def extra_repr(self) -> str:
         kh, kw = self.kernel_size

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .base import Degradation, _per_image, _set_phi
-from .blur import PADDINGS, conv_adjoint, convolve
+from .base import Degradation
+from .blur import PADDINGS, KernelOperator, conv_adjoint, convolve
 from .kernels import gaussian_kernel
 
 __all__ = ["SuperResolution", "KernelSuperResolution"]
@@ -91,7 +91,7 @@ class SuperResolution(Degradation):
         return f"factor={self.factor}, method={self.method}, output={self.output}"
 
 
-class KernelSuperResolution(Degradation):
+class KernelSuperResolution(KernelOperator):
     """y = (k ⊛ x)↓s: blur with a kernel, then keep every s-th pixel; the kernel can be learned per image.
 
     :param factor: integer scale s; the observation is ``ceil(H/s) × ceil(W/s)``.
@@ -122,24 +122,7 @@ class KernelSuperResolution(Degradation):
         if kernel is None:
             size = kernel_size or (4 * self.factor + 1)
             kernel = gaussian_kernel(size, init_sigma or 0.5 * self.factor)
-        kernel = torch.as_tensor(kernel, dtype=torch.float32)
-        self.register_buffer("initial_kernel", kernel / kernel.sum(), persistent=False)
-        self._set_kernel(self.initial_kernel[None, None])
-
-    def _set_kernel(self, kernel: torch.Tensor) -> None:
-        if self.learnable:
-            _set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
-        else:
-            _set_phi(self, "kernel_values", kernel, learnable=False)
-
-    def kernel(self) -> torch.Tensor:
-        if self.learnable:
-            logits = self.kernel_logits
-            return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
-        return self.kernel_values
-
-    def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
-        self._set_kernel(_per_image(self.initial_kernel[None, None], batch_size, 4).to(device or self.initial_kernel.device))
+        self._init_kernel(torch.as_tensor(kernel, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return convolve(x, self.kernel(), self.padding, stride=self.factor)
@@ -153,9 +136,6 @@ class KernelSuperResolution(Degradation):
 
     def input_size(self, height: int, width: int) -> Tuple[int, int]:
         return height * self.factor, width * self.factor
-
-    def _phi_tensors(self) -> Dict[str, torch.Tensor]:
-        return {"kernel": self.kernel()}
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, kernel={tuple(self.initial_kernel.shape)}, learnable={self.learnable}"
