@@ -147,7 +147,7 @@ def test_state_dict_of_another_architecture(tmp_path, skimage64_checkpoint):
         expected = spec.build_unet().state_dict()
     n_missing = len(set(expected) - set(torch.load(skimage64_checkpoint, weights_only=True)))
     with pytest.raises(
-        CheckpointError, match=rf"{n_missing} missing keys.*fits preset 'skimage64'.*--model.prior.preset skimage64"
+        CheckpointError, match=rf"{n_missing} missing keys.*fits preset 'skimage64'.*--config configs/prior/skimage64.yaml"
     ):
         load_prior(spec, skimage64_checkpoint)
 

@@ -6,9 +6,16 @@ Knows nothing of diffusion or Lightning. See :mod:`.base` for the interface.
 from .base import Compose, Degradation, GaussianNoise, Identity
 from .blur import Blur, KernelOperator, conv_adjoint, convolve
 from .colorization import Colorization
-from .illumination import HDR, Illumination, LowLight
+from .illumination import HDR, Darken, Illumination, LowLight
 from .inpainting import Inpainting
-from .kernels import gaussian_kernel, gdp_gaussian_kernel, load_kernel, motion_kernel, uniform_kernel
+from .kernels import (
+    gaussian_kernel,
+    gdp_gaussian_kernel,
+    kernel_from_spec,
+    load_kernel,
+    motion_kernel,
+    uniform_kernel,
+)
 from .masks import box_mask, load_mask, permutation_mask, random_mask
 from .super_resolution import KernelSuperResolution, SuperResolution
 
@@ -16,6 +23,7 @@ __all__ = [
     "Blur",
     "Colorization",
     "Compose",
+    "Darken",
     "Degradation",
     "GaussianNoise",
     "HDR",
@@ -31,6 +39,7 @@ __all__ = [
     "convolve",
     "gaussian_kernel",
     "gdp_gaussian_kernel",
+    "kernel_from_spec",
     "load_kernel",
     "load_mask",
     "motion_kernel",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .base import Degradation, _per_image, _set_phi
-from .kernels import gaussian_kernel
+from .kernels import gaussian_kernel, kernel_from_spec
 
 __all__ = ["Blur", "KernelOperator", "convolve", "conv_adjoint"]
 
@@ -113,10 +113,21 @@ class KernelOperator(Degradation):
 
     @property
     def kernel_size(self) -> Tuple[int, int]:
-        return tuple(self.initial_kernel.shape)
+        given = getattr(self, "_batch_kernels", None)
+        return tuple((self.initial_kernel if given is None else given).shape[-2:])
+
+    def use_kernels(self, kernels: Optional[torch.Tensor]) -> None:
+        """Start the next batch from these kernels (``(N, 1, K, K)``, one per image, e.g. read from files)
+        instead of the configured one; ``None`` returns to the configured kernel."""
+        if kernels is not None:
+            kernels = torch.as_tensor(kernels, dtype=torch.float32)
+            kernels = kernels / kernels.sum((-1, -2), keepdim=True)
+        self._batch_kernels = kernels
 
     def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
-        start = _per_image(self.initial_kernel[None, None], batch_size, 4)
+        given = getattr(self, "_batch_kernels", None)
+        source = self.initial_kernel[None, None] if given is None else given
+        start = _per_image(source, batch_size, 4)
         self._set_kernel(start.to(device or self.initial_kernel.device))
 
     def _phi_tensors(self) -> Dict[str, torch.Tensor]:
@@ -128,7 +139,9 @@ class Blur(KernelOperator):
 
     Linear in x for the current kernel (blind or not), so it has an adjoint.
 
-    :param kernel: ``(K, K)`` kernel (see :mod:`.kernels`), or ``None`` with ``learnable`` and ``kernel_size``.
+    :param kernel: ``(K, K)`` kernel, a named spec (``"gaussian:9:2"``, ``"gdp:9:2"``, ``"uniform:5"``,
+        ``"motion:15:30"``) or a kernel file (see :mod:`.kernels`); or ``None`` with ``learnable`` and
+        ``kernel_size``.
     :param padding: ``"valid"`` (GDP: the observation is smaller by K-1) or a size-keeping mode
         (``"reflect"`` suits real photos).
     :param learnable: optimise a per-image kernel during sampling. It is kept non-negative and summing to
@@ -141,7 +154,7 @@ class Blur(KernelOperator):
 
     def __init__(
         self,
-        kernel: Optional[torch.Tensor] = None,
+        kernel: Union[torch.Tensor, str, None] = None,
         padding: str = "valid",
         learnable: bool = False,
         kernel_size: Optional[int] = None,
@@ -154,7 +167,7 @@ class Blur(KernelOperator):
             if not kernel_size:
                 raise ValueError("give a kernel, or kernel_size for a learnable one")
             kernel = gaussian_kernel(kernel_size, init_sigma)
-        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        kernel = kernel_from_spec(kernel)
         if kernel.ndim != 2:
             raise ValueError(f"a blur kernel must be 2-D, got shape {tuple(kernel.shape)}")
         self.padding = padding

@@ -14,7 +14,7 @@ import torch
 from ..losses import total_variation
 from .base import Degradation, _set_phi
 
-__all__ = ["Illumination", "LowLight", "HDR"]
+__all__ = ["Illumination", "LowLight", "HDR", "Darken"]
 
 INITS = ("official", "identity")
 
@@ -147,3 +147,24 @@ class HDR(Illumination):
     def stack(exposures: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack ``(N, C, H, W)`` exposures into one observation ``(N, E·C, H, W)``."""
         return torch.cat(list(exposures), dim=1)
+
+
+class Darken(Degradation):
+    """A fixed exposure change y = gain·x^gamma (no learnable φ): the true operator that makes synthetic
+    low-light observations (``gain=0.25, gamma=1.5`` looks like an underexposed photo) for the learned
+    :class:`LowLight` model to invert."""
+
+    def __init__(self, gain: float = 0.25, gamma: float = 1.0):
+        super().__init__()
+        if gain <= 0 or gamma <= 0:
+            raise ValueError(f"gain and gamma must be positive, got gain={gain}, gamma={gamma}")
+        self.gain, self.gamma = float(gain), float(gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * x.clamp_min(0) ** self.gamma
+
+    def _phi_tensors(self) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain}, gamma={self.gamma}"

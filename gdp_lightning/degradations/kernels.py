@@ -96,3 +96,37 @@ def load_kernel(path: Union[str, Path]) -> torch.Tensor:
     if (k < 0).any() or k.sum() <= 0:
         raise ValueError(f"{path}: a blur kernel must be non-negative with a positive sum")
     return _normalized(k)
+
+
+KERNEL_SPECS = {
+    "gaussian": "gaussian:<size>:<sigma>",
+    "gdp": "gdp:<size>:<nsig>",
+    "uniform": "uniform:<size>",
+    "motion": "motion:<length>:<angle>",
+}
+
+
+def kernel_from_spec(spec: Union[str, Path, torch.Tensor]) -> torch.Tensor:
+    """A kernel from a tensor, a named spec or a file (for configs and the command line).
+
+    Named specs: ``"gaussian:9:2"`` (size, σ), ``"gdp:9:2"`` (GDP's ``gkern(9, nsig=2)``),
+    ``"uniform:5"``, ``"motion:15:30"`` (length, angle in degrees); anything else is a file for
+    :func:`load_kernel`.
+    """
+    if isinstance(spec, torch.Tensor):
+        return spec.to(torch.float32)
+    text = str(spec)
+    kind, _, rest = text.partition(":")
+    if kind in KERNEL_SPECS and rest:
+        args = rest.split(":")
+        try:
+            if kind == "gaussian":
+                return gaussian_kernel(int(args[0]), float(args[1]))
+            if kind == "gdp":
+                return gdp_gaussian_kernel(int(args[0]), float(args[1]) if len(args) > 1 else 2.0)
+            if kind == "uniform":
+                return uniform_kernel(int(args[0]))
+            return motion_kernel(int(args[0]), float(args[1]) if len(args) > 1 else 0.0)
+        except (IndexError, ValueError):
+            raise ValueError(f"kernel {text!r}: write it as {KERNEL_SPECS[kind]}") from None
+    return load_kernel(text).to(torch.float32)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .base import Degradation
 from .blur import PADDINGS, KernelOperator, conv_adjoint, convolve
-from .kernels import gaussian_kernel
+from .kernels import gaussian_kernel, kernel_from_spec
 
 __all__ = ["SuperResolution", "KernelSuperResolution"]
 
@@ -95,7 +95,8 @@ class KernelSuperResolution(KernelOperator):
     """y = (k ⊛ x)↓s: blur with a kernel, then keep every s-th pixel; the kernel can be learned per image.
 
     :param factor: integer scale s; the observation is ``ceil(H/s) × ceil(W/s)``.
-    :param kernel: the downsampling kernel, or ``None``: a Gaussian of ``init_sigma`` (default
+    :param kernel: the downsampling kernel (a tensor, a named spec such as ``"gaussian:13:2"`` or a file, see
+        :class:`.Blur`), or ``None``: a Gaussian of ``init_sigma`` (default
         ``0.5 · factor`` pixels, close to bicubic's low-pass) on a ``kernel_size`` grid.
     :param learnable: optimise a per-image kernel (blind super-resolution); non-negative and summing to
         one through a softmax over logits, starting from ``kernel`` (logits at log(max(k, 1e-4))).
@@ -107,7 +108,7 @@ class KernelSuperResolution(KernelOperator):
     def __init__(
         self,
         factor: int,
-        kernel: Optional[torch.Tensor] = None,
+        kernel: Union[torch.Tensor, str, None] = None,
         learnable: bool = True,
         kernel_size: Optional[int] = None,
         init_sigma: Optional[float] = None,
@@ -122,7 +123,7 @@ class KernelSuperResolution(KernelOperator):
         if kernel is None:
             size = kernel_size or (4 * self.factor + 1)
             kernel = gaussian_kernel(size, init_sigma or 0.5 * self.factor)
-        self._init_kernel(torch.as_tensor(kernel, dtype=torch.float32))
+        self._init_kernel(kernel_from_spec(kernel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return convolve(x, self.kernel(), self.padding, stride=self.factor)

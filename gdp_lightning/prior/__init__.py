@@ -8,12 +8,13 @@ from .checkpoint import (
     export_state_dict,
     extract_unet_state_dict,
     load_prior,
+    load_prior_weights,
     load_unet_weights,
     matching_presets,
     read_checkpoint,
     save_state_dict,
 )
-from .presets import PRESETS, get_preset, preset_names
+from .presets import PRESET_CONFIGS, PRESETS, get_preset, preset_names
 from .spec import DiffusionSettings, PriorSpec, UNetFlags, create_model
 from .unet import UNetModel, timestep_embedding
 
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "DiffusionSettings",
     "PRESETS",
+    "PRESET_CONFIGS",
     "PriorSpec",
     "UNetFlags",
     "UNetModel",
@@ -29,6 +31,7 @@ __all__ = [
     "extract_unet_state_dict",
     "get_preset",
     "load_prior",
+    "load_prior_weights",
     "load_unet_weights",
     "matching_presets",
     "preset_names",

@@ -34,6 +34,7 @@ __all__ = [
     "extract_unet_state_dict",
     "load_unet_weights",
     "load_prior",
+    "load_prior_weights",
     "matching_presets",
     "export_state_dict",
     "save_state_dict",
@@ -163,7 +164,12 @@ def load_unet_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
             problems.append(f"{len(wrong)} keys with wrong shapes ({_listing(shown)})")
         fits = matching_presets(state_dict)
         if fits:
-            hint = f"the checkpoint fits preset {' or '.join(repr(n) for n in fits)}: use it (--model.prior.preset {fits[0]})"
+            from .presets import PRESET_CONFIGS
+
+            hint = (
+                f"the checkpoint fits preset {' or '.join(repr(n) for n in fits)}: use its config "
+                f"(--config {PRESET_CONFIGS.get(fits[0], fits[0])})"
+            )
         else:
             hint = (
                 f"no preset fits it ({_guess_flags(state_dict)}); give the UNet flags it was trained with"
@@ -190,18 +196,26 @@ def load_prior(
         spec = get_preset(spec)
     model = spec.build_unet()
     if checkpoint is not None:
-        if not Path(checkpoint).exists() and spec.source:
-            raise CheckpointError(
-                f"{checkpoint}: no such checkpoint file; the weights of prior {spec.name or ''!s} "
-                f"({spec.checkpoint}) come from {spec.source}"
-            )
-        obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
-        state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
-        load_unet_weights(model, state_dict, source=str(checkpoint))
+        load_prior_weights(model, spec, checkpoint, trust_checkpoint=trust_checkpoint)
     model.eval()
     if device is not None:
         model.to(device)
     return model
+
+
+def load_prior_weights(
+    model: nn.Module, spec: PriorSpec, checkpoint: PathLike, *, trust_checkpoint: bool = False
+) -> None:
+    """Load ``checkpoint`` into the UNet ``model`` built from ``spec`` (strict; clear errors that say where the
+    released weights come from when the file is missing)."""
+    if not Path(checkpoint).exists() and spec.source:
+        raise CheckpointError(
+            f"{checkpoint}: no such checkpoint file; the weights of prior {spec.name or ''!s} "
+            f"({spec.checkpoint}) come from {spec.source}; give their path with --model.prior.checkpoint"
+        )
+    obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
+    load_unet_weights(model, state_dict, source=str(checkpoint))
 
 
 def export_state_dict(

@@ -7,7 +7,7 @@ from typing import Dict, List
 
 from .spec import DiffusionSettings, PriorSpec, UNetFlags
 
-__all__ = ["PRESETS", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "PRESET_CONFIGS", "get_preset", "preset_names"]
 
 _OPENAI = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
 
@@ -136,3 +136,16 @@ def get_preset(name: str) -> PriorSpec:
         return copy.deepcopy(PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown prior preset {name!r}; presets: {', '.join(preset_names())}") from None
+
+
+# The prior config (``gdp --config ...``) of each preset, relative to the repository root.
+PRESET_CONFIGS: Dict[str, str] = {
+    "imagenet256_uncond": "configs/prior/imagenet256.yaml",
+    "imagenet256_cond": "configs/prior/imagenet256_cond.yaml",
+    "imagenet64_cond": "configs/prior/imagenet64.yaml",
+    "imagenet128_cond": "configs/prior/imagenet128.yaml",
+    "imagenet512_cond": "configs/prior/imagenet512.yaml",
+    "lsun256": "configs/prior/lsun256.yaml",
+    "ffhq256_dps": "configs/prior/ffhq256.yaml",
+    "skimage64": "configs/prior/skimage64.yaml",
+}

@@ -10,6 +10,7 @@ from .gdp import (
     GDPSampler,
     GuidanceDivergedError,
     QualityTerm,
+    StepInfo,
     TrajectoryPoint,
 )
 from .tiling import Tiler, tile_starts
@@ -21,6 +22,7 @@ __all__ = [
     "PAPER_SIZE",
     "PAPER_STEPS",
     "QualityTerm",
+    "StepInfo",
     "Tiler",
     "TrajectoryPoint",
     "tile_starts",

@@ -25,7 +25,7 @@ of diffusion time does not change with the number of steps, the image size or th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..losses import RECONSTRUCTION, QualityLoss
 from .tiling import Tiler
 
-__all__ = ["GDPSampler", "GDPResult", "QualityTerm", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
+__all__ = ["GDPSampler", "GDPResult", "QualityTerm", "StepInfo", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
 
 PAPER_STEPS = 1000
 PAPER_SIZE = 256
@@ -75,6 +75,20 @@ class TrajectoryPoint:
     x0: torch.Tensor
     losses: Dict[str, torch.Tensor]
     phi: Dict[str, torch.Tensor]
+
+
+@dataclass
+class StepInfo:
+    """What :meth:`GDPSampler.restore` passes to its ``on_step`` hook after every step (tensors on the device,
+    not copied: read, do not keep). ``step`` counts from 1 to ``total``."""
+
+    step: int
+    total: int
+    timestep: int
+    x: torch.Tensor
+    pred_xstart: torch.Tensor
+    losses: Dict[str, torch.Tensor]
+    degradation: Degradation
 
 
 @dataclass
@@ -324,6 +338,7 @@ class GDPSampler:
         image_size: Optional[Sequence[int]] = None,
         labels: Optional[torch.Tensor] = None,
         channels: int = 3,
+        on_step: Optional[Callable[[StepInfo], None]] = None,
     ) -> GDPResult:
         """Restore a batch of observations ``y`` (``(N, C', H', W')`` in [0, 1]).
 
@@ -331,6 +346,7 @@ class GDPSampler:
             generators seeded by ``seeds[i]``, so its result does not depend on the batch it is in.
         :param image_size: ``(H, W)`` of the restored image (default: the degradation's ``input_size``).
         :param labels: class labels ``(N,)`` for a class-conditional prior.
+        :param on_step: called with a :class:`StepInfo` after every step (logging, progress).
         """
         n = y.shape[0]
         device = y.device
@@ -365,6 +381,9 @@ class GDPSampler:
                     f"the sample became non-finite at step {total - i} of {total} (timestep {timestep}): the "
                     f"guidance diverged; use a smaller scale than {self.scale:g}"
                 )
+            if on_step is not None:
+                on_step(StepInfo(total - i, total, int(self.diffusion.model_timesteps(t[:1])), x, mv.pred_xstart,
+                                 terms, self.degradation))
             if self.trajectory_every and ((total - 1 - i) % self.trajectory_every == 0 or i == 0):
                 k = self.trajectory_images
                 trajectory.append(
