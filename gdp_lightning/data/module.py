@@ -1,0 +1,392 @@
+"""The Lightning data module of restoration: real degraded photos, or clean images degraded on the fly.
+
+Every batch holds inputs of one size, and its composition depends only on the inputs and ``batch_size``: the
+dataset's item k is the whole batch k, and the processes share out whole batches (:class:`.ShardSampler`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..degradations import Degradation, load_kernel, load_mask
+from .batching import ShardSampler, group_batches
+from .datasets import InputItem, check_image, find_inputs, image_size
+from .images import DataError, read_image
+
+__all__ = ["GDPDataModule", "RestorationBatches", "quantize_observation", "resize_and_center_crop", "item_seed"]
+
+MODES = ("real", "synthetic")
+QUANTIZATIONS = ("round", "truncate", "none")
+SEED_STRIDE = 1_000_003
+
+
+def item_seed(seed: int, index: int) -> int:
+    """The seed of input ``index``'s synthetic degradation: ``seed · 1_000_003 + index``."""
+    return seed * SEED_STRIDE + index
+
+
+def quantize_observation(y: Tensor, quantize: str) -> Tensor:
+    """Clamp to [0, 1] and store as 8 bits: ``"round"`` (nearest level), ``"truncate"`` (floor, as the official
+    GDP code) or ``"none"`` (clamp only)."""
+    y = y.clamp(0, 1)
+    if quantize == "round":
+        return (y * 255).round() / 255
+    if quantize == "truncate":
+        return (y * 255).floor() / 255
+    if quantize == "none":
+        return y
+    raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+
+
+def resize_and_center_crop(image: Tensor, size: int) -> Tensor:
+    """Resize ``(C, H, W)`` so its short side is ``size`` (bicubic, antialiased, clamped to [0, 1]) and cut the
+    central ``size × size`` (the benchmark protocol). An image whose short side already is ``size`` is only cut."""
+    height, width = image.shape[-2:]
+    if min(height, width) != size:
+        scale = size / min(height, width)
+        if height <= width:
+            new_size = (size, max(size, round(width * scale)))
+        else:
+            new_size = (max(size, round(height * scale)), size)
+        image = F.interpolate(image[None], size=new_size, mode="bicubic", antialias=True, align_corners=False)[0]
+        image = image.clamp(0, 1)
+        height, width = new_size
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[..., top : top + size, left : left + size].contiguous()
+
+
+def _keep_batch(batch: Any) -> Any:
+    """The DataLoader's collate function: the dataset already returns whole batches."""
+    return batch
+
+
+def _side_file_error(error: Exception) -> DataError:
+    return DataError(" ".join(str(error).split()))
+
+
+class RestorationBatches(Dataset):
+    """Item k is the whole batch k, collated (see :class:`GDPDataModule` for the dict).
+
+    :param items: every input.
+    :param batches: positions into ``items``, one list per batch, of inputs of one size.
+    :param sizes: each input's ``(H, W)`` (after the crop in synthetic mode), checked against the decoded image.
+    :param degradation: synthetic mode: the true operator making the observations; ``None`` = real mode.
+    :param crop_size: synthetic mode: the benchmark crop (see :func:`resize_and_center_crop`), or ``None``.
+    :param quantize: synthetic mode: how observations are stored (see :func:`quantize_observation`).
+    :param seed: synthetic mode: input i's randomness comes from ``torch.Generator().manual_seed(item_seed(seed, i))``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[InputItem],
+        batches: Sequence[Sequence[int]],
+        sizes: Sequence[Tuple[int, int]],
+        degradation: Optional[Degradation] = None,
+        crop_size: Optional[int] = None,
+        quantize: str = "round",
+        seed: int = 0,
+    ):
+        self.items = list(items)
+        self.batches = [list(b) for b in batches]
+        self.sizes = list(sizes)
+        self.degradation = degradation
+        self.crop_size = crop_size
+        self.quantize = quantize
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _read(self, path, expected: Tuple[int, int]):
+        image = read_image(path)
+        if image.size != tuple(expected):
+            raise DataError(f"{path}: decoded as {image.size[0]}x{image.size[1]} but its header said "
+                            f"{expected[0]}x{expected[1]}; was the file replaced during the run?")
+        return image
+
+    def _real(self, item: InputItem, size: Tuple[int, int]) -> Dict[str, Any]:
+        exposures = [self._read(path, size) for path in item.paths]
+        return {"y": torch.cat([e.pixels for e in exposures]), "image": exposures[0]}
+
+    def _synthetic(self, item: InputItem, size: Tuple[int, int]) -> Dict[str, Any]:
+        image = read_image(item.paths[0])
+        x, alpha = image.pixels, image.alpha
+        if self.crop_size:
+            levels = float(2**image.bits - 1)  # the resized ground truth is stored at the file's bit depth
+            x = (resize_and_center_crop(x, self.crop_size) * levels).round() / levels
+            alpha = None if alpha is None else (resize_and_center_crop(alpha, self.crop_size) * levels).round() / levels
+        if tuple(x.shape[-2:]) != tuple(size):
+            raise DataError(f"{item.paths[0]}: decoded as {x.shape[-2]}x{x.shape[-1]} but its header said "
+                            f"{size[0]}x{size[1]}; was the file replaced during the run?")
+        generator = torch.Generator().manual_seed(item_seed(self.seed, item.index))
+        height, width = x.shape[-2:]
+        with torch.no_grad():
+            self.degradation.init_parameters(1, height, width, [generator], None)
+            y = self.degradation.observe(x[None], generators=[generator])[0]
+        image.alpha = alpha
+        return {"y": quantize_observation(y.detach().float(), self.quantize), "x": x, "image": image}
+
+    def __getitem__(self, batch_index: int) -> Dict[str, Any]:
+        positions = self.batches[batch_index]
+        items = [self.items[p] for p in positions]
+        made = [(self._synthetic if self.degradation is not None else self._real)(item, self.sizes[p])
+                for item, p in zip(items, positions)]
+        batch: Dict[str, Any] = {
+            "y": torch.stack([m["y"] for m in made]),
+            "name": [item.name for item in items],
+            "index": torch.tensor([item.index for item in items], dtype=torch.long),
+            "path": [str(item.paths[0]) for item in items],
+            "bits": [m["image"].bits for m in made],
+            "mode": [m["image"].mode for m in made],
+            "alpha": [m["image"].alpha for m in made],
+        }
+        if self.degradation is not None:
+            batch["x"] = torch.stack([m["x"] for m in made])
+        height, width = batch["y"].shape[-2:]
+        if any(item.mask is not None for item in items):
+            batch["mask"] = torch.stack([
+                torch.ones(1, height, width) if item.mask is None else _load_mask(item, (height, width))[None]
+                for item in items
+            ])
+        if any(item.kernel is not None for item in items):
+            batch["kernel"] = [None if item.kernel is None else _load_kernel(item) for item in items]
+        return batch
+
+
+def _load_mask(item: InputItem, size: Tuple[int, int]) -> Tensor:
+    try:
+        mask = load_mask(item.mask)
+    except (ValueError, OSError) as e:
+        raise _side_file_error(e) from None
+    if tuple(mask.shape) != tuple(size):
+        raise DataError(f"{item.mask}: the mask is {mask.shape[0]}x{mask.shape[1]} but {item.paths[0]} is "
+                        f"{size[0]}x{size[1]}; give a mask of the image's size")
+    return mask
+
+
+def _load_kernel(item: InputItem) -> Tensor:
+    try:
+        return load_kernel(item.kernel)
+    except (ValueError, OSError) as e:
+        raise _side_file_error(e) from None
+
+
+def _parallel(function: Callable, arguments: Sequence) -> list:
+    """``[function(a) for a in arguments]`` on a few threads (decoding releases the GIL); the first error in the
+    order of ``arguments`` is raised."""
+    workers = min(8, os.cpu_count() or 1, max(len(arguments), 1))
+    if workers <= 1:
+        return [function(a) for a in arguments]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, arguments))
+
+
+class GDPDataModule(L.LightningDataModule):
+    """The images to restore, in batches of one size, shared out over the processes by whole batches.
+
+    Each batch is a dict:
+
+    * ``"y"``: ``(B, 3·E, h, w)`` float32 in [0, 1], the observations (E exposures of an HDR scene stacked along
+      the channels, each 3 channels, in the order of the sorted files; E = 1 otherwise);
+    * ``"x"`` (synthetic mode only): ``(B, 3, H, W)`` the ground truth (after the crop);
+    * ``"name"``: list of names (outputs are named after them), ``"index"``: ``(B,)`` long, the inputs' positions,
+      ``"path"``: list of the (first) files;
+    * ``"bits"``: list of 8 / 16, ``"mode"``: list of ``"L"``, ``"LA"``, ``"RGB"``, ``"RGBA"`` (of the input file),
+      ``"alpha"``: list of ``(1, h, w)`` alpha channels or ``None`` (never stacked);
+    * ``"mask"`` (only when an input of the batch has a ``_mask`` side file): ``(B, 1, h, w)``, 1 = observed (all
+      ones for inputs without one);
+    * ``"kernel"`` (only when an input of the batch has a ``_kernel`` side file): list of ``(k, k)`` kernels or
+      ``None``.
+
+    :param input_dir: the folder of inputs (non-recursive unless ``recursive``); with ``exposure_folders``, the
+        folder of HDR scene folders. Side files ``<stem>_mask.png|npy`` (inpainting mask, white = observed) and
+        ``<stem>_kernel.png|npy|txt`` (blur kernel) beside an image belong to it (real mode).
+    :param files: image files to take instead of a folder (named by their file names without extension).
+    :param mode: ``"real"``: the images are degraded photos (observations); ``"synthetic"``: they are clean images,
+        degraded on the fly by ``degradation``, and kept as ground truth for metrics.
+    :param list_file: a text file naming the inputs to take, in its order, one a line (with or without the
+        extension; blank lines and ``#`` comments ignored).
+    :param recursive: also take the images of the sub-folders (names keep the sub-path: ``"sub/photo"``).
+    :param exposure_folders: HDR: every sub-folder of ``input_dir`` is a scene whose images, sorted by name, are
+        its exposures (real mode).
+    :param degradation: synthetic mode: the true operator that degrades the clean images. Default: the model's own
+        operator (a copy), unless it learns its parameters (blind tasks), which then needs this.
+    :param crop_size: synthetic mode: resize the short side to ``crop_size`` (bicubic, antialiased) and cut the
+        central ``crop_size × crop_size`` (the benchmark protocol); default: keep the size.
+    :param quantize: synthetic mode: the observations are stored as 8 bits, ``"round"`` (nearest level),
+        ``"truncate"`` (floor, as the official GDP code) or ``"none"`` (kept as floats).
+    :param seed: synthetic mode: input i's degradation randomness (noise, ...) comes from
+        ``torch.Generator().manual_seed(seed · 1000003 + i)``, so it depends neither on the batches nor on the
+        processes.
+    :param batch_size: how many inputs of one size are restored together.
+    :param num_workers: DataLoader worker processes decoding the images (0 = in the main process).
+    """
+
+    def __init__(
+        self,
+        input_dir: Optional[str] = None,
+        files: Optional[List[str]] = None,
+        mode: str = "real",
+        list_file: Optional[str] = None,
+        recursive: bool = False,
+        exposure_folders: bool = False,
+        degradation: Optional[Degradation] = None,
+        crop_size: Optional[int] = None,
+        quantize: str = "round",
+        seed: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise DataError(f"--data.mode {mode!r}: choose one of {', '.join(MODES)}")
+        if quantize not in QUANTIZATIONS:
+            raise DataError(f"--data.quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
+        if batch_size < 1:
+            raise DataError(f"--data.batch_size {batch_size}: give at least 1")
+        if num_workers < 0:
+            raise DataError(f"--data.num_workers {num_workers}: give 0 or more")
+        if crop_size is not None and crop_size < 1:
+            raise DataError(f"--data.crop_size {crop_size}: give a positive size")
+        if mode == "real" and crop_size is not None:
+            raise DataError("--data.crop_size applies to --data.mode synthetic only (real photos are restored whole)")
+        if mode == "synthetic" and exposure_folders:
+            raise DataError("--data.exposure_folders is for real HDR photos; synthetic mode degrades one clean image "
+                            "per input (the operator makes the exposures)")
+        self.input_dir = input_dir
+        self.files = [files] if isinstance(files, (str, os.PathLike)) else files
+        self.mode = mode
+        self.list_file = list_file
+        self.recursive = recursive
+        self.exposure_folders = exposure_folders
+        self.degradation = degradation
+        self.crop_size = crop_size
+        self.quantize = quantize
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        #: every input found, in order (``item.index`` is its position)
+        self.items: List[InputItem] = []
+        #: the batches to run: positions into :attr:`items` (in predict, without the inputs already done)
+        self.batches: List[List[int]] = []
+        #: every input's ``(H, W)`` (synthetic: after the crop)
+        self.sizes: List[Tuple[int, int]] = []
+        self._all_batches: List[List[int]] = []
+        self._observation_operator: Optional[Degradation] = None
+        self._prepared = False
+
+    # ------------------------------------------------------------------ setup
+    def _model_operator(self) -> Optional[Degradation]:
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        try:
+            module = trainer.lightning_module
+        except (AttributeError, RuntimeError):
+            return None
+        operator = getattr(module, "degradation", None)
+        return operator if isinstance(operator, Degradation) else None
+
+    def _resolve_synthetic_operator(self) -> Degradation:
+        given = self.degradation is not None
+        operator = self.degradation if given else self._model_operator()
+        if operator is None:
+            raise DataError("synthetic mode needs the true operator that degrades the clean images: give "
+                            "--data.degradation (or run with a model that has a degradation)")
+        operator = copy.deepcopy(operator).cpu()
+        if not given:
+            height, width = self.sizes[0]
+            generator = torch.Generator().manual_seed(item_seed(self.seed, 0))
+            operator.init_parameters(1, height, width, [generator], None)
+            if operator.learnable_parameters():
+                raise DataError("the task's operator learns its parameters (blind); give the true operator that "
+                                "degrades the clean images with --data.degradation")
+        return operator
+
+    def _check_exposure_count(self) -> None:
+        operator = self._model_operator()
+        expected = getattr(operator, "num_observations", None)
+        if self.mode != "real" or not isinstance(expected, int):
+            return
+        for item in self.items:
+            if len(item.paths) != expected:
+                if expected > 1 and len(item.paths) == 1:
+                    raise DataError(f"{item.paths[0]}: the task's operator takes {expected} exposures per scene; "
+                                    "give scene folders with --data.exposure_folders")
+                raise DataError(f"{item.paths[0].parent}: {len(item.paths)} exposures but the task's operator takes "
+                                f"{expected}; give scenes of {expected} exposures")
+
+    def _discover(self) -> None:
+        synthetic = self.mode == "synthetic"
+        self.items = find_inputs(self.input_dir, self.files, recursive=self.recursive,
+                                 exposure_folders=self.exposure_folders, list_file=self.list_file,
+                                 side_files=not synthetic)
+        file_sizes = _parallel(image_size, [item.paths[0] for item in self.items])
+        _parallel(check_image, [path for item in self.items for path in item.paths])
+        for item, size in zip(self.items, file_sizes):
+            if item.mask is not None:
+                _load_mask(item, size)
+            if item.kernel is not None:
+                _load_kernel(item)
+        self.sizes = [(self.crop_size, self.crop_size) for _ in self.items] if self.crop_size else file_sizes
+        # the exposure count is part of the key so that scenes of one size but different counts never share a batch
+        keys = [(h, w, len(item.paths)) for (h, w), item in zip(self.sizes, self.items)]
+        self._all_batches = group_batches(keys, self.batch_size)
+        self._prepared = True
+
+    def _done_checks(self) -> List[Callable[[str], bool]]:
+        callbacks = (getattr(self.trainer, "callbacks", None) or []) if self.trainer is not None else []
+        return [cb.is_done for cb in callbacks if callable(getattr(cb, "is_done", None))]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Find the inputs, read their sizes and decode every file once (errors come before any restoration),
+        group them into batches; for ``"predict"``, leave out the inputs a callback reports done (``is_done(name)``)
+        after grouping, so the other batches keep their composition."""
+        if not self._prepared:
+            self._discover()
+        self._check_exposure_count()
+        if self.mode == "synthetic" and self._observation_operator is None:
+            self._observation_operator = self._resolve_synthetic_operator()
+        batches = [list(b) for b in self._all_batches]
+        if stage == "predict":
+            checks = self._done_checks()
+            if checks:
+                done = {p for p, item in enumerate(self.items) if any(check(item.name) for check in checks)}
+                batches = [[p for p in b if p not in done] for b in batches]
+                batches = [b for b in batches if b]
+        self.batches = batches
+
+    # ------------------------------------------------------------- dataloaders
+    def dataset(self) -> RestorationBatches:
+        """The dataset of the current :attr:`batches` (item k = batch k)."""
+        return RestorationBatches(self.items, self.batches, self.sizes, self._observation_operator,
+                                  self.crop_size, self.quantize, self.seed)
+
+    def _dataloader(self, stage: str) -> DataLoader:
+        if not self._prepared:
+            self.setup(stage)
+        dataset = self.dataset()
+        return DataLoader(dataset, batch_size=None, sampler=ShardSampler(len(dataset)), num_workers=self.num_workers,
+                          collate_fn=_keep_batch)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._dataloader("predict")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader("test")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader("validate")
+
+    def train_dataloader(self) -> DataLoader:
+        raise DataError("GDPDataModule serves images to restore (predict, validate, test); fitting the diffusion "
+                        "prior needs the training data module")
