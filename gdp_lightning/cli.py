@@ -1,32 +1,99 @@
-"""The ``gdp`` command."""
+"""The ``gdp`` command: LightningCLI over :class:`GDPModule` and :class:`GDPDataModule`.
+
+``gdp predict --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml --data.input_dir photos/``
+
+Configs compose left to right; every option can be overridden on the command line. Besides ``model``,
+``data`` and ``trainer``, the options hold ``writer`` (:class:`RestorationWriter`: where the outputs go,
+resume) and ``trajectory`` (:class:`TrajectoryLogger`: what goes to TensorBoard).
+User errors (a missing folder, an unreadable image, a checkpoint of another architecture, an impossible
+option) end with one line ``gdp: error: ...`` and exit status 2; ``GDP_DEBUG=1`` shows the traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
 from . import __version__
+from .callbacks import RestorationWriter, TrajectoryLogger
+from .data import GDPDataModule
+from .errors import GDPError
+from .module import GDPModule
+
+__all__ = ["GDPCLI", "main", "USER_ERRORS"]
+
+DESCRIPTION = (
+    "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
+    "(GDP, Fei et al., CVPR 2023)."
+)
+
+TRAINER_DEFAULTS = {
+    # GDP's guidance and φ need autograd; Lightning would run predict/validate/test under inference_mode
+    "inference_mode": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "logs", "name": "gdp"},
+    },
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gdp",
-        description=(
-            "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
-            "(GDP, Fei et al., CVPR 2023). The restoration commands (fit, validate, test, predict) are not "
-            "available in this version; `python -m gdp_lightning.sample_prior --help` draws samples from a prior "
-            "to check that a checkpoint loads and works."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"gdp-lightning {__version__}")
-    return parser
+class GDPCLI(LightningCLI):
+    """LightningCLI with the project's model, data module, writer and TensorBoard trajectory callback."""
+
+    def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True):
+        super().__init__(
+            GDPModule,
+            GDPDataModule,
+            subclass_mode_model=False,
+            subclass_mode_data=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            parser_kwargs={"description": DESCRIPTION, "version": __version__},
+            args=list(args) if args is not None else None,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RestorationWriter, "writer")
+        parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # the resolved config goes into the run record beside the outputs
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        parser = self._parser(subcommand) if subcommand else self.parser
+        try:
+            self.model.run_config = parser.dump(config, skip_none=False)
+        except Exception:  # noqa: BLE001 - the record is a convenience, never a reason to fail
+            self.model.run_config = None
+        super()._run_subcommand(subcommand)
+
+
+def _user_errors() -> tuple:
+    from .data import DataError
+    from .metrics import MetricUnavailable
+    from .prior import CheckpointError
+    from .sampling import GuidanceDivergedError
+
+    return (GDPError, CheckpointError, DataError, MetricUnavailable, GuidanceDivergedError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    """Entry point of ``gdp``; returns the exit status."""
+    try:
+        GDPCLI(args=argv)
+    except USER_ERRORS as e:
+        if os.environ.get("GDP_DEBUG"):
+            raise
+        message = " ".join(str(e).split("\n")).strip() or type(e).__name__
+        print(f"gdp: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

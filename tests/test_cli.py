@@ -24,7 +24,7 @@ def _gdp() -> str:
 
 def test_gdp_version_and_help():
     out = subprocess.run([_gdp(), "--version"], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"gdp-lightning {gdp_lightning.__version__}"
+    assert out.strip() == f"gdp {gdp_lightning.__version__}"
     out = subprocess.run([_gdp(), "--help"], capture_output=True, text=True, check=True).stdout
     assert "usage: gdp" in out and "GDP" in out
 

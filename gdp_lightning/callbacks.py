@@ -1,0 +1,346 @@
+"""Callbacks: the writer of restored images and learned φ, and the TensorBoard view inside the sampler.
+
+* :class:`RestorationWriter` writes ``<name>.png`` per input (atomically), the learned φ beside it
+  (``<name>.phi.pt``, a human-readable ``<name>.json`` with the metrics, and ``<name>.<φ>.png`` for kernels and
+  maps), skips inputs whose record exists (a killed run resumes), writes each image on one process only
+  (the data module gives every batch to exactly one process), and keeps a record of the run (``run.json``)
+  and a summary of the metrics (``metrics.csv``, ``metrics.json``).
+* :class:`TrajectoryLogger` logs x̃0 every k diffusion steps, the loss terms and φ summaries at every step and
+  the trajectory grid of the first images to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from . import __version__
+from .data.images import write_image
+from .io import atomic_path
+
+__all__ = ["RestorationWriter", "TrajectoryLogger", "phi_summary", "sha256"]
+
+RESERVED = ("run", "metrics")
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _number(x: float) -> float:
+    return float(f"{float(x):.6g}")
+
+
+def phi_summary(value: torch.Tensor) -> Any:
+    """A small tensor as its values (6 significant digits), a large one as shape, mean, min and max."""
+    value = value.detach().float().cpu()
+    if value.numel() <= 16:
+        return [_number(v) for v in value.flatten().tolist()] if value.numel() > 1 else _number(value.item())
+    return {"shape": list(value.shape), "mean": _number(value.mean()), "min": _number(value.min()),
+            "max": _number(value.max())}
+
+
+def _is_map(value: torch.Tensor) -> bool:
+    """Kernel- or map-shaped φ (spatial, at least 3×3): worth a picture."""
+    return value.ndim >= 2 and value.shape[-1] >= 3 and value.shape[-2] >= 3
+
+
+def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
+    """A φ map or kernel as a gray image in [0, 1] (scaled by its range; small kernels enlarged, nearest)."""
+    v = value.detach().float().cpu().reshape(-1, *value.shape[-2:])
+    v = torch.cat(list(v), dim=-1)[None]  # groups side by side
+    lo, hi = float(v.min()), float(v.max())
+    v = (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
+    factor = max(1, math.ceil(min_side / min(v.shape[-2:])))
+    if factor > 1:
+        v = F.interpolate(v[None], scale_factor=factor, mode="nearest")[0]
+    return v
+
+
+def _json_dump(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+class RestorationWriter(Callback):
+    """Write every restored image, its learned φ and its metrics; resume where a run stopped.
+
+    :param output_dir: where the outputs go (default: ``outputs`` in the logger's folder,
+        e.g. ``logs/sr4/outputs``: the same for every run of a task, so a rerun resumes).
+    :param overwrite: restore and write inputs whose outputs exist (default: skip them).
+    :param save_phi: write the learned φ (``<name>.phi.pt`` and pictures of kernels and maps).
+    """
+
+    def __init__(self, output_dir: Optional[str] = None, overwrite: bool = False, save_phi: bool = True):
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.overwrite, self.save_phi = overwrite, save_phi
+        self._dir: Optional[Path] = None
+
+    # ---------------------------------------------------------------- where
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError("the writer is not set up")
+        return self._dir
+
+    def resolve_directory(self, trainer: "L.Trainer") -> Path:
+        if self.output_dir is not None:
+            return self.output_dir
+        logger = trainer.logger
+        if logger is not None and getattr(logger, "root_dir", None):
+            return Path(logger.root_dir) / "outputs"
+        return Path(trainer.default_root_dir) / "outputs"
+
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._dir = self.resolve_directory(trainer)
+        if trainer.is_global_zero:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self.write_run_record(trainer, pl_module, stage)
+
+    def is_done(self, name: str) -> bool:
+        """Whether ``name`` was restored by an earlier run (its record, written last, exists)."""
+        return not self.overwrite and self._dir is not None and (self._dir / f"{name}.json").is_file()
+
+    # ---------------------------------------------------------------- record
+    def write_run_record(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        describe = getattr(pl_module, "describe", None)
+        model = describe() if describe is not None else {}
+        checkpoint = model.get("checkpoint")
+        if checkpoint and Path(checkpoint).is_file():
+            model["checkpoint_sha256"] = sha256(Path(checkpoint))
+        record = {
+            "stage": stage,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": sys.argv,
+            "gdp_lightning": __version__,
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "python": platform.python_version(),
+            "devices": trainer.world_size,
+            "model": model,
+        }
+        config = getattr(pl_module, "run_config", None)
+        if config:
+            record["config"] = config
+            with atomic_path(self.directory / "run.yaml") as tmp:
+                tmp.write_text(config)
+        _json_dump(self.directory / "run.json", record)
+
+    # ---------------------------------------------------------------- write
+    def _write(self, outputs: Optional[Dict[str, Any]]) -> None:
+        if not outputs or "items" not in outputs:
+            return
+        for item in outputs["items"]:
+            self.write_item(item)
+        # the loop keeps what predict_step returned: keep it small on long runs
+        outputs["items"] = [{"name": item["name"]} for item in outputs["items"]]
+        outputs.pop("observation", None)
+
+    def write_item(self, item: Dict[str, Any], observation: Optional[torch.Tensor] = None) -> None:
+        name = item["name"]
+        if name in RESERVED:
+            raise ValueError(f"an input named {name!r} would overwrite the run's {name}.json; rename it")
+        out = self.directory
+        results = item["results"]
+        multi = len(results) > 1
+        record: Dict[str, Any] = {
+            "name": name,
+            "input": str(item.get("path")) if item.get("path") is not None else None,
+            "index": item["index"],
+            "seed": item["seed"],
+            "results": [],
+        }
+        for result in results:
+            suffix = f"_s{result['scale']:g}" if multi else ""
+            image_path = out / f"{name}{suffix}.png"
+            write_image(image_path, result["image"], bits=item.get("bits", 8), alpha=item.get("alpha"),
+                        gray=item.get("gray", False))
+            entry: Dict[str, Any] = {
+                "scale": result["scale"],
+                "output": image_path.name,
+                "losses": {k: _number(v) for k, v in result["losses"].items()},
+                "metrics": {k: _number(v) for k, v in result["metrics"].items()},
+                "phi": {k: phi_summary(v) for k, v in result["phi"].items()},
+            }
+            if self.save_phi and result["phi"]:
+                phi_path = out / f"{name}{suffix}.phi.pt"
+                with atomic_path(phi_path) as tmp:
+                    torch.save({k: v.detach().cpu().clone() for k, v in result["phi"].items()}, tmp)
+                entry["phi_file"] = phi_path.name
+                for key, value in result["phi"].items():
+                    if _is_map(value):
+                        picture = out / f"{name}{suffix}.{key}.png"
+                        write_image(picture, _map_image(value))
+                        entry.setdefault("phi_pictures", {})[key] = picture.name
+            record["results"].append(entry)
+        if multi:
+            self.write_sweep(item, out / f"{name}_scales.png")
+            record["grid"] = f"{Path(name).name}_scales.png"
+        _json_dump(out / f"{name}.json", record)  # last: marks the input done
+
+    @staticmethod
+    def write_sweep(item: Dict[str, Any], path: Path) -> None:
+        """The outputs of every scale side by side, each labelled with its scale."""
+        from PIL import Image, ImageDraw
+
+        images = [r["image"] for r in item["results"]]
+        tiles = []
+        for result, image in zip(item["results"], images):
+            array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            tile = Image.fromarray(array, "RGB")
+            ImageDraw.Draw(tile).text((3, 2), f"s={result['scale']:g}", fill=(255, 255, 0))
+            tiles.append(tile)
+        width = sum(t.width for t in tiles) + 2 * (len(tiles) - 1)
+        grid = Image.new("RGB", (width, max(t.height for t in tiles)), (0, 0, 0))
+        x = 0
+        for tile in tiles:
+            grid.paste(tile, (x, 0))
+            x += tile.width + 2
+        with atomic_path(path) as tmp:
+            grid.save(tmp, format="PNG")
+
+    # ---------------------------------------------------------------- hooks
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "validate":  # not the validation inside fit
+            self._write(outputs)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.summarize(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.summarize(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self.summarize(trainer, pl_module)
+
+    # ---------------------------------------------------------------- summary
+    def summarize(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """``metrics.csv`` (one row per image and scale) and ``metrics.json`` (means) from the records of every
+        input of the data module: also those restored by an earlier, interrupted run."""
+        trainer.strategy.barrier()
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        items = getattr(datamodule, "items", None)
+        names = [it.name for it in items] if items is not None else None
+        if names is None:
+            names = sorted(p.relative_to(self.directory).with_suffix("").as_posix()
+                           for p in self.directory.rglob("*.json") if p.parent != self.directory
+                           or p.stem not in RESERVED)
+        rows: List[Dict[str, Any]] = []
+        for name in names:
+            path = self.directory / f"{name}.json"
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            for entry in record.get("results", []):
+                rows.append({"name": name, "scale": entry["scale"], **entry.get("metrics", {})})
+        columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale"})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(self.directory / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+        means: Dict[str, Dict[str, float]] = {}
+        for scale in sorted({r["scale"] for r in rows}):
+            chosen = [r for r in rows if r["scale"] == scale]
+            means[f"{scale:g}"] = {
+                k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
+                for k in columns[2:]
+            }
+        summary = {"images": len({r["name"] for r in rows}), "mean_by_scale": means,
+                   "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
+        _json_dump(self.directory / "metrics.json", summary)
+
+
+class TrajectoryLogger(Callback):
+    """Show what happens inside the sampler in TensorBoard.
+
+    For the first ``num_images`` images of the first ``num_batches`` batches (on the first process): x̃0 every
+    ``every_n_steps`` diffusion steps under ``x0/<name>`` (the step slider walks the trajectory; start
+    TensorBoard with ``--samples_per_plugin images=1000`` to keep every step), the grid of that trajectory
+    under ``trajectory/<name>``, and at every step the loss terms (``loss/<name>/<term>``) and φ
+    (``phi/<name>/<φ>``: the value of a scalar, the mean of a larger tensor; the maximum of a kernel).
+
+    :param every_n_steps: x̃0 every this many steps (and the last one).
+    :param num_images: images per batch to follow.
+    :param num_batches: batches to follow.
+    :param scalars: log the loss terms and φ at every step.
+    """
+
+    def __init__(self, every_n_steps: int = 10, num_images: int = 4, num_batches: int = 1, scalars: bool = True):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.num_images = every_n_steps, num_images
+        self.num_batches, self.scalars = num_batches, scalars
+        self._frames: Dict[str, List[torch.Tensor]] = {}
+
+    @staticmethod
+    def _experiment(trainer: "L.Trainer"):
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    def on_diffusion_step(self, trainer, pl_module, info, context) -> None:
+        if context.batch_idx >= self.num_batches or not trainer.is_global_zero or self.num_images <= 0:
+            return
+        experiment = self._experiment(trainer)
+        if experiment is None:
+            return
+        count = min(self.num_images, len(context.names))
+        suffix = f"_s{context.scale:g}" if context.multi_scale else ""
+        keep = (info.step - 1) % self.every_n_steps == 0 or info.step == info.total
+        phi = info.degradation.phi() if self.scalars else {}
+        for b in range(count):
+            tag = f"{context.stage}/{context.names[b]}{suffix}"
+            if keep:
+                x0 = ((info.pred_xstart[b].detach().float() + 1) / 2).clamp(0, 1).cpu()
+                experiment.add_image(f"x0/{tag}", x0, global_step=info.step)
+                self._frames.setdefault(tag, []).append(x0)
+            if self.scalars:
+                for term, values in info.losses.items():
+                    experiment.add_scalar(f"loss/{tag}/{term}", float(values[b]), global_step=info.step)
+                for key, value in phi.items():
+                    v = value[b] if value.shape[0] == len(context.names) else value[0]
+                    experiment.add_scalar(f"phi/{tag}/{key}", _phi_scalar(key, v), global_step=info.step)
+            if info.step == info.total and tag in self._frames:
+                frames = self._frames.pop(tag)
+                grid = torch.cat([torch.nn.functional.pad(f, (0, 2)) for f in frames], dim=-1)
+                experiment.add_image(f"trajectory/{tag}", grid, global_step=0)
+        if info.step == info.total:
+            experiment.flush()
+
+
+def _phi_scalar(key: str, value: torch.Tensor) -> float:
+    if value.numel() == 1:
+        return float(value)
+    if key.endswith("kernel"):
+        return float(value.max())
+    return float(value.float().mean())

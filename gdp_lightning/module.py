@@ -1,0 +1,506 @@
+"""The LightningModule: GDP restoration of batches in ``predict``, ``validate`` and ``test``.
+
+A batch (see :class:`gdp_lightning.data.GDPDataModule`) holds observations ``y`` in [0, 1], their names and
+indices, and, in synthetic mode, the ground truth ``x``. Every step restores the batch with
+:class:`~gdp_lightning.sampling.GDPSampler` (one run per guidance scale when several are tried) and returns one
+entry per image: the restored image (8-bit values), the learned φ, the final loss terms and the metrics.
+:class:`gdp_lightning.callbacks.RestorationWriter` writes them; ``validate`` and ``test`` also log the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.aggregation import MeanMetric
+
+from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOperator
+from .diffusion import GaussianDiffusion
+from .errors import ConfigError, InputError
+from .metrics import ImageMetrics, to_8bit
+from .prior import PriorSpec, load_prior_weights
+from .sampling import GDPSampler, QualityTerm, StepInfo
+
+__all__ = ["GDPModule", "SamplerSettings", "StepContext"]
+
+SEED_OFFSET = 1 << 40  # sampler seeds (seed, index) never coincide with the data module's (seed, index)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How GDP samples (see :class:`gdp_lightning.sampling.GDPSampler` for the details).
+
+    :param steps: number of diffusion steps (``100``) or guided-diffusion's respacing string (``"ddim50"``,
+        ``"10,10,10"``); the paper uses 1000.
+    :param scale: guidance scale s (with ``scale_convention: paper``: the value for 1000 steps on a 256×256
+        image, converted to this run's steps and size).
+    :param scales: try several scales on the same images (one output per scale and a side-by-side grid);
+        replaces ``scale``.
+    :param scale_convention: ``paper`` (scale means the same at any step count and size) or ``raw`` (the
+        official per-step value).
+    :param variant: ``x0`` (GDP-x0: the loss on the predicted clean image) or ``xt`` (on x_t).
+    :param method: ``ddpm`` or ``ddim``.
+    :param eta: DDIM stochasticity.
+    :param data_loss: ``mse`` or ``l1``.
+    :param phi_optimizer: ``adam`` or ``sgd`` for the degradation parameters φ.
+    :param phi_lr: learning rate of φ.
+    :param phi_steps: optimiser steps on φ per diffusion step.
+    :param phi_update: ``before`` (guide with φ before its update, as the official code) or ``after``.
+    :param tile_size: tile side for images larger than the prior (default: the prior's image size).
+    :param tile_overlap: overlap of neighbouring tiles (default: a quarter tile).
+    :param tile_batch: tiles per UNet forward (memory against speed).
+    :param whole_image: run the UNet on the whole image instead of tiles (sides must be multiples of its
+        downsampling factor).
+    :param clip_denoised: clamp x̃0 to [-1, 1].
+    """
+
+    steps: str = "100"
+    scale: float = 8000.0
+    scales: Optional[List[float]] = None
+    scale_convention: str = "paper"
+    variant: str = "x0"
+    method: str = "ddpm"
+    eta: float = 0.0
+    data_loss: str = "mse"
+    phi_optimizer: str = "adam"
+    phi_lr: float = 0.02
+    phi_steps: int = 1
+    phi_update: str = "before"
+    tile_size: Optional[int] = None
+    tile_overlap: Optional[int] = None
+    tile_batch: int = 16
+    whole_image: bool = False
+    clip_denoised: bool = True
+
+    def scale_list(self) -> List[float]:
+        return [float(s) for s in self.scales] if self.scales else [float(self.scale)]
+
+
+@dataclass
+class StepContext:
+    """What a callback's ``on_diffusion_step(trainer, module, info, context)`` knows about the running batch."""
+
+    stage: str
+    batch_idx: int
+    names: List[str]
+    indices: List[int]
+    scale: float
+    multi_scale: bool
+
+
+class GDPModule(L.LightningModule):
+    """GDP restoration with a pretrained diffusion prior (Fei et al., CVPR 2023).
+
+    :param prior: the prior: guided-diffusion UNet flags, the diffusion it was trained with and its weights
+        (``configs/prior/*.yaml``; ``--model.prior.checkpoint FILE`` points at the weights).
+    :param degradation: the task's forward model A_φ (``class_path`` of a
+        :mod:`gdp_lightning.degradations` operator and its ``init_args``); its learnable φ are optimised per image.
+    :param sampler: the sampler settings (steps, guidance scale, variant, φ optimiser, tiling).
+    :param quality: quality losses added to the guidance (exposure control, colour constancy, ...).
+    :param seed: image i's noise and φ initialisation come from (seed, i): results do not depend on the
+        batch size or the number of devices.
+    :param class_label: class-conditional priors: one class for every image.
+    :param labels_file: class-conditional priors: a text file of ``name label`` lines (or ``name,label``).
+    :param random_labels: class-conditional priors: a random class per image, seeded by (seed, i).
+    :param precision: UNet compute precision: ``fp32``, ``fp16`` or ``bf16`` (default: the prior's
+        ``use_fp16`` flag).
+    :param compile: ``torch.compile`` the UNet (faster on a GPU after the first batch).
+    :param small_images: images smaller than the prior: ``pad`` (pad the observation, restore, crop back) or
+        ``error``.
+    :param metrics: metrics to compute: ``psnr``, ``ssim``, ``lpips``, ``fid`` (need the ground truth),
+        ``consistency`` (MSE between A(x̂) and y on the 0–255 scale), ``loe`` (low-light); on the 8-bit outputs.
+    :param lpips_net: backbone of LPIPS (``alex``, ``vgg``, ``squeeze``).
+    :param fid_feature_extractor: FID with a TorchScript feature extractor instead of Inception.
+    :param trust_checkpoint: allow a checkpoint that needs arbitrary pickles (``torch.load(weights_only=False)``).
+    :param progress: show the diffusion steps of each batch.
+    """
+
+    def __init__(
+        self,
+        prior: PriorSpec,
+        degradation: Degradation,
+        sampler: SamplerSettings = SamplerSettings(),  # noqa: B008 - a frozen default; jsonargparse shows it
+        quality: Optional[List[QualityTerm]] = None,
+        seed: int = 0,
+        class_label: Optional[int] = None,
+        labels_file: Optional[str] = None,
+        random_labels: bool = False,
+        precision: Optional[str] = None,
+        compile: bool = False,
+        small_images: str = "pad",
+        metrics: List[str] = ["psnr", "ssim", "consistency"],  # noqa: B006 - jsonargparse shows the default
+        lpips_net: str = "alex",
+        fid_feature_extractor: Optional[str] = None,
+        trust_checkpoint: bool = False,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if isinstance(prior, dict):
+            prior = PriorSpec.from_dict(prior)
+        if isinstance(sampler, dict):
+            sampler = SamplerSettings(**sampler)
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(f"--model.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if small_images not in ("pad", "error"):
+            raise ConfigError(f"--model.small_images must be 'pad' or 'error', got {small_images!r}")
+        self.save_hyperparameters(ignore=["degradation", "quality"])
+        self.prior = prior
+        self.settings = sampler
+        self.unet = prior.build_unet()
+        self.degradation = degradation
+        self.quality = list(quality or [])
+        self.quality_losses = nn.ModuleList([q.loss for q in self.quality])
+        self.diffusion = GaussianDiffusion.from_prior(prior, respacing=str(sampler.steps))
+        self.seed = int(seed)
+        self.class_label, self.labels_file, self.random_labels = class_label, labels_file, random_labels
+        self.precision_name, self.compile_unet = precision, compile
+        self.small_images = small_images
+        self.metric_names = list(metrics)
+        self.lpips_net, self.fid_feature_extractor = lpips_net, fid_feature_extractor
+        self.trust_checkpoint, self.progress = trust_checkpoint, progress
+        self.weights_loaded = False
+        self._labels: Optional[Dict[str, int]] = None
+        self._metrics: Optional[ImageMetrics] = None
+        self._unet_fn: Optional[nn.Module] = None
+        self.eval_means = nn.ModuleDict()
+        self.dataset_metrics: Dict[str, float] = {}
+        self.run_config: Optional[str] = None  # the resolved CLI config, set by the CLI for the run record
+        self._check_labels()
+
+    def set_task(self, degradation: Optional[Degradation] = None, quality: Optional[List[QualityTerm]] = None) -> None:
+        """Replace the degradation and/or the quality terms (Python objects instead of config entries)."""
+        if degradation is not None:
+            self.degradation = degradation
+        if quality is not None:
+            self.quality = list(quality)
+            self.quality_losses = nn.ModuleList([q.loss for q in self.quality])
+
+    # ------------------------------------------------------------------ set-up
+    def _check_labels(self) -> None:
+        conditional = self.unet.num_classes is not None
+        given = [n for n, v in (("class_label", self.class_label), ("labels_file", self.labels_file),
+                                ("random_labels", self.random_labels or None)) if v is not None]
+        if not conditional and given:
+            raise ConfigError(f"--model.{given[0]} is set but the prior is unconditional; remove it")
+        if len(given) > 1:
+            raise ConfigError(f"give one of --model.class_label, --model.labels_file, --model.random_labels, not {given}")
+        if self.class_label is not None and not 0 <= self.class_label < self.unet.num_classes:
+            raise ConfigError(f"--model.class_label must be in 0..{self.unet.num_classes - 1}, got {self.class_label}")
+
+    def load_weights(self) -> None:
+        """Load the prior's weights from ``prior.checkpoint`` (once)."""
+        if self.weights_loaded:
+            return
+        if not self.prior.checkpoint:
+            raise ConfigError("the prior has no weights: give the checkpoint file with --model.prior.checkpoint FILE")
+        load_prior_weights(self.unet, self.prior, self.prior.checkpoint, trust_checkpoint=self.trust_checkpoint)
+        self.weights_loaded = True
+
+    def setup(self, stage: str) -> None:
+        self.load_weights()
+        if self.precision_name is not None:
+            self.unet.set_compute_dtype(PRECISIONS[self.precision_name])
+        if stage != "fit":
+            self.unet.requires_grad_(False)
+            self.unet.eval()
+        self._unet_fn = torch.compile(self.unet) if self.compile_unet else self.unet
+        if self.labels_file is not None:
+            self._labels = read_labels(self.labels_file)
+        self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
+                                     fid_feature_extractor=self.fid_feature_extractor)
+        keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in self.metric_names if m != "fid"]
+        self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
+
+    def _scale_suffixes(self) -> List[str]:
+        scales = self.settings.scale_list()
+        return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
+
+    def make_sampler(self, scale: float) -> GDPSampler:
+        s = self.settings
+        return GDPSampler(
+            self._unet_fn if self._unet_fn is not None else self.unet,
+            self.diffusion,
+            self.degradation,
+            scale,
+            scale_convention=s.scale_convention,
+            variant=s.variant,
+            method=s.method,
+            eta=s.eta,
+            data_loss=s.data_loss,
+            quality=self.quality,
+            phi_optimizer=s.phi_optimizer,
+            phi_lr=s.phi_lr,
+            phi_steps=s.phi_steps,
+            phi_update=s.phi_update,
+            tile_size=s.tile_size or self.unet.image_size,
+            tile_overlap=s.tile_overlap,
+            tile_batch=s.tile_batch,
+            whole_image=s.whole_image,
+            clip_denoised=s.clip_denoised,
+            progress=self._show_progress(),
+        )
+
+    def _show_progress(self) -> bool:
+        if not self.progress:
+            return False
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return trainer.is_global_zero and trainer.progress_bar_callback is not None
+
+    # -------------------------------------------------------------- batches
+    @staticmethod
+    def require_gradients() -> None:
+        """GDP needs autograd for the guidance and φ: stop with a clear message under inference mode."""
+        if torch.is_inference_mode_enabled():
+            raise ConfigError(
+                "GDP needs gradients (guidance and degradation parameters), but Lightning runs this stage under "
+                "torch.inference_mode: set --trainer.inference_mode false (the shipped configs do)"
+            )
+
+    def seeds_for(self, indices: Sequence[int]) -> List[int]:
+        """Image i's sampler seed: a function of (seed, i) only."""
+        return [SEED_OFFSET + self.seed * 1_000_003 + int(i) for i in indices]
+
+    def labels_for(self, names: Sequence[str], seeds: Sequence[int]) -> Optional[torch.Tensor]:
+        num_classes = self.unet.num_classes
+        if num_classes is None:
+            return None
+        if self.class_label is not None:
+            labels = [self.class_label] * len(names)
+        elif self._labels is not None:
+            missing = [n for n in names if n not in self._labels]
+            if missing:
+                raise InputError(f"--model.labels_file {self.labels_file}: no label for {missing[0]!r}; add a line "
+                                 f"'{missing[0]} <class>'")
+            labels = [self._labels[n] for n in names]
+        elif self.random_labels:
+            labels = [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + 0x1ABE1)))
+                      for s in seeds]
+        else:
+            raise ConfigError(
+                "the prior is class-conditional: give --model.class_label N, --model.labels_file FILE or "
+                "--model.random_labels true"
+            )
+        return torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    def _observation(self, batch: Dict[str, Any]) -> torch.Tensor:
+        y = batch["y"].to(self.device, torch.float32)
+        expected = self.degradation.output_channels(3)
+        if y.shape[1] == expected:
+            return y
+        if expected == 1:
+            return y.mean(1, keepdim=True)
+        exposures = self.degradation.num_observations
+        if exposures > 1:
+            raise InputError(
+                f"{batch['name'][0]}: the task expects {exposures} exposures, the input has {y.shape[1] // 3}; put "
+                "each scene's exposures in a sub-folder of the input folder (--data.exposure_folders true)"
+            )
+        raise InputError(f"{batch['name'][0]}: the task expects {expected} channels, the input has {y.shape[1]}")
+
+    def _side_inputs(self, batch: Dict[str, Any], pad: tuple) -> None:
+        """Per-image masks and kernels from side files go into the operators that use them."""
+        inpainting = [m for m in self.degradation.modules() if isinstance(m, Inpainting)]
+        kernel_ops = [m for m in self.degradation.modules() if isinstance(m, KernelOperator)]
+        mask = batch.get("mask")
+        if mask is not None:
+            if not inpainting:
+                raise InputError(f"{batch['name'][0]}: a mask file was given but the task has no inpainting operator")
+            mask = mask.to(self.device, torch.float32)
+            if any(pad):
+                mask = F.pad(mask, (0, pad[1], 0, pad[0]), value=0.0)
+            for op in inpainting:
+                op.set_mask(mask)
+        kernels = batch.get("kernel")
+        for op in kernel_ops:
+            op.use_kernels(None)
+        if kernels is not None and any(k is not None for k in kernels):
+            blurs = [m for m in kernel_ops if isinstance(m, Blur)]
+            if not blurs:
+                raise InputError(f"{batch['name'][0]}: a kernel file was given but the task has no blur operator")
+            base = blurs[0].initial_kernel
+            stack = [base if k is None else torch.as_tensor(k, dtype=torch.float32) for k in kernels]
+            if len({tuple(k.shape) for k in stack}) > 1:
+                raise InputError(
+                    f"{batch['name'][0]}: the kernels of one batch differ in size; use --data.batch_size 1"
+                )
+            blurs[0].use_kernels(torch.stack(stack)[:, None])
+
+    def _padding(self, oh: int, ow: int, name: str) -> tuple:
+        """Rows and columns to add to an observation so that its image is at least one prior tile."""
+        if self.settings.whole_image:
+            return (0, 0)
+        tile = self.settings.tile_size or self.unet.image_size
+        h, w = self.degradation.input_size(oh, ow)
+        if h >= tile and w >= tile:
+            return (0, 0)
+        if self.small_images == "error":
+            raise InputError(
+                f"{name}: restores to {h}x{w}, smaller than the prior's {tile}x{tile}; use --model.small_images pad"
+            )
+        ph = pw = 0
+        while self.degradation.input_size(oh + ph, ow)[0] < tile:
+            ph += 1
+        while self.degradation.input_size(oh, ow + pw)[1] < tile:
+            pw += 1
+        return (ph, pw)
+
+    def restore_batch(self, batch: Dict[str, Any], batch_idx: int = 0, stage: str = "predict") -> Dict[str, Any]:
+        """Restore one batch for every scale; returns ``{"items": [...], "stage": stage}`` (one dict per image)."""
+        self.require_gradients()
+        names = list(batch["name"])
+        indices = [int(i) for i in batch["index"]]
+        y = self._observation(batch)
+        oh, ow = y.shape[-2:]
+        pad = self._padding(oh, ow, names[0])
+        if any(pad):
+            y = F.pad(y, (0, pad[1], 0, pad[0]), mode="replicate")
+        self._side_inputs(batch, pad)
+        out_h, out_w = self.degradation.input_size(oh, ow)
+        seeds = self.seeds_for(indices)
+        labels = self.labels_for(names, seeds)
+        gt = batch.get("x")
+        gt = None if gt is None else gt.to(self.device, torch.float32)
+        scales = self.settings.scale_list()
+        gray_out = [m in ("L", "LA") for m in batch.get("mode", ["RGB"] * len(names))]
+        if any(isinstance(m, Colorization) for m in self.degradation.modules()):
+            gray_out = [False] * len(names)
+        items: List[Dict[str, Any]] = [
+            {"name": n, "index": i, "seed": s, "path": p, "bits": b, "alpha": a, "gray": g, "results": []}
+            for n, i, s, p, b, a, g in zip(
+                names, indices, seeds, batch.get("path", [None] * len(names)), batch.get("bits", [8] * len(names)),
+                batch.get("alpha", [None] * len(names)), gray_out)
+        ]
+        for scale in scales:
+            context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
+            sampler = self.make_sampler(scale)
+            result = sampler.restore(y, seeds=seeds, labels=labels, on_step=lambda info: self._on_step(info, context))
+            full = to_8bit(result.images)
+            with torch.no_grad():
+                ax = self.degradation(full)[..., :oh, :ow]
+            restored = full[..., :out_h, :out_w]
+            low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
+            values = {} if self._metrics is None else self._metrics.per_image(
+                restored, gt=gt, ax=ax, y=y[..., :oh, :ow], low=low)
+            phi = result.phi
+            for b, item in enumerate(items):
+                item["results"].append({
+                    "scale": scale,
+                    "image": restored[b].cpu(),
+                    "phi": {k: v[b] if v.shape[0] == len(items) else v[0] for k, v in phi.items()},
+                    "losses": {k: float(v[b]) for k, v in result.losses.items()},
+                    "metrics": {k: float(v[b]) for k, v in values.items()},
+                })
+        return {"items": items, "stage": stage, "observation": y[..., :oh, :ow].cpu()}
+
+    def _on_step(self, info: StepInfo, context: StepContext) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for cb in trainer.callbacks:
+            hook = getattr(cb, "on_diffusion_step", None)
+            if hook is not None:
+                hook(trainer, self, info, context)
+
+    # ------------------------------------------------------------ Lightning
+    def forward(self, y: torch.Tensor, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Restore observations ``y`` (``(N, C, H, W)`` in [0, 1]) at the first scale; images in [0, 1]."""
+        n = y.shape[0]
+        indices = list(range(n)) if indices is None else list(indices)
+        batch = {"y": y, "name": [str(i) for i in indices], "index": torch.tensor(indices)}
+        out = self.restore_batch(batch)
+        return torch.stack([item["results"][0]["image"] for item in out["items"]])
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
+        return self.restore_batch(batch, batch_idx, "predict")
+
+    def _eval_step(self, batch: Dict[str, Any], batch_idx: int, stage: str) -> Dict[str, Any]:
+        out = self.restore_batch(batch, batch_idx, stage)
+        suffixes = self._scale_suffixes()
+        for k, suffix in enumerate(suffixes):
+            for item in out["items"]:
+                for name, value in item["results"][k]["metrics"].items():
+                    key = f"{name}{suffix}"
+                    if key in self.eval_means and value == value and abs(value) != float("inf"):
+                        self.eval_means[key].update(torch.tensor(value, dtype=torch.float32))
+        return out
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
+        return self._eval_step(batch, batch_idx, "validate")
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
+        return self._eval_step(batch, batch_idx, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        # every rank computes every metric in the same order: the synchronisation inside compute() matches up
+        for key in sorted(self.eval_means):
+            metric = self.eval_means[key]
+            value = metric.compute() if metric.update_called or self.trainer.world_size > 1 else None
+            if value is not None and torch.isfinite(value):
+                self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=True)
+            metric.reset()
+        self.dataset_metrics = {} if self._metrics is None else self._metrics.dataset(
+            synchronize=self.trainer.world_size > 1)
+        for key, value in self.dataset_metrics.items():
+            self.log(f"{stage}/{key}", value, rank_zero_only=True)
+        if self._metrics is not None:
+            self._metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("validate")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def on_predict_start(self) -> None:
+        self.require_gradients()
+
+    def on_test_start(self) -> None:
+        self.require_gradients()
+
+    def on_validation_start(self) -> None:
+        self.require_gradients()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        raise ConfigError(
+            "this configuration restores images; fine-tuning the prior (gdp fit) needs the training configuration"
+        )
+
+    def describe(self) -> Dict[str, Any]:
+        """What the run record says about the model (beside the resolved config)."""
+        return {
+            "prior": dataclasses.asdict(self.prior),
+            "degradation": repr(self.degradation),
+            "quality": [f"{q.name}: weight {q.weight}{' x scale' if q.relative else ''}" for q in self.quality],
+            "sampler": dataclasses.asdict(self.settings),
+            "seed": self.seed,
+            "checkpoint": str(Path(self.prior.checkpoint).resolve()) if self.prior.checkpoint else None,
+        }
+
+
+def read_labels(path: str) -> Dict[str, int]:
+    """``name label`` (or ``name,label``) per line; ``#`` comments and blank lines ignored."""
+    labels: Dict[str, int] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise InputError(f"--model.labels_file {path}: cannot read it ({e.strerror or e})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.replace(",", " ").split()
+        try:
+            name, label = parts[0], int(parts[1])
+        except (IndexError, ValueError):
+            raise InputError(f"--model.labels_file {path}:{number}: write 'name label', got {line!r}") from None
+        labels[Path(name).with_suffix("").as_posix() if Path(name).suffix else name] = label
+    return labels
