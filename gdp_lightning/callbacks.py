@@ -93,6 +93,7 @@ class RestorationWriter(Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.overwrite, self.save_phi = overwrite, save_phi
         self._dir: Optional[Path] = None
+        self._rank = 0
 
     # ---------------------------------------------------------------- where
     @property
@@ -111,6 +112,7 @@ class RestorationWriter(Callback):
 
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self._dir = self.resolve_directory(trainer)
+        self._rank = trainer.global_rank
         if trainer.is_global_zero:
             self._dir.mkdir(parents=True, exist_ok=True)
             self.write_run_record(trainer, pl_module, stage)
@@ -166,6 +168,7 @@ class RestorationWriter(Callback):
             "input": str(item.get("path")) if item.get("path") is not None else None,
             "index": item["index"],
             "seed": item["seed"],
+            "process": self._rank,
             "results": [],
         }
         for result in results:

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from . import __version__
 from .callbacks import RestorationWriter, TrajectoryLogger
 from .data import GDPDataModule
-from .errors import GDPError
+from .errors import ConfigError, GDPError
 from .module import GDPModule
 
 __all__ = ["GDPCLI", "main", "USER_ERRORS"]
@@ -61,12 +61,18 @@ class GDPCLI(LightningCLI):
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
 
+    def before_fit(self) -> None:
+        raise ConfigError(
+            "this version restores images (gdp predict, validate, test); fine-tuning the prior with gdp fit is not "
+            "available yet"
+        )
+
     def _run_subcommand(self, subcommand: str) -> None:
         # the resolved config goes into the run record beside the outputs
         config = self.config.get(subcommand, self.config) if subcommand else self.config
         parser = self._parser(subcommand) if subcommand else self.parser
         try:
-            self.model.run_config = parser.dump(config, skip_none=False)
+            self.model.run_config = parser.dump(config)
         except Exception:  # noqa: BLE001 - the record is a convenience, never a reason to fail
             self.model.run_config = None
         super()._run_subcommand(subcommand)

@@ -469,11 +469,6 @@ class GDPModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self.require_gradients()
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        raise ConfigError(
-            "this configuration restores images; fine-tuning the prior (gdp fit) needs the training configuration"
-        )
-
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""
         return {
