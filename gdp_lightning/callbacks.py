@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import __version__
 from .data.images import write_image
+from .errors import InputError
 from .io import atomic_path
 
 __all__ = ["RestorationWriter", "TrajectoryLogger", "phi_summary", "sha256"]
@@ -113,6 +114,11 @@ class RestorationWriter(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self._dir = self.resolve_directory(trainer)
         self._rank = trainer.global_rank
+        items = getattr(trainer.datamodule, "items", None) or []
+        clash = [it.name for it in items if it.name in RESERVED]
+        if clash:
+            raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
+                             f"{self._dir}; rename it")
         if trainer.is_global_zero:
             self._dir.mkdir(parents=True, exist_ok=True)
             self.write_run_record(trainer, pl_module, stage)
@@ -158,8 +164,6 @@ class RestorationWriter(Callback):
 
     def write_item(self, item: Dict[str, Any], observation: Optional[torch.Tensor] = None) -> None:
         name = item["name"]
-        if name in RESERVED:
-            raise ValueError(f"an input named {name!r} would overwrite the run's {name}.json; rename it")
         out = self.directory
         results = item["results"]
         multi = len(results) > 1
@@ -173,6 +177,9 @@ class RestorationWriter(Callback):
         }
         for result in results:
             suffix = f"_s{result['scale']:g}" if multi else ""
+            if result.get("image") is None:  # this scale of a sweep diverged
+                record["results"].append({"scale": result["scale"], "diverged": result.get("diverged", "")})
+                continue
             image_path = out / f"{name}{suffix}.png"
             write_image(image_path, result["image"], bits=item.get("bits", 8), alpha=item.get("alpha"),
                         gray=item.get("gray", False))
@@ -204,13 +211,17 @@ class RestorationWriter(Callback):
         """The outputs of every scale side by side, each labelled with its scale."""
         from PIL import Image, ImageDraw
 
-        images = [r["image"] for r in item["results"]]
         tiles = []
-        for result, image in zip(item["results"], images):
+        for result in item["results"]:
+            image = result["image"]
+            if image is None:
+                continue
             array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             tile = Image.fromarray(array, "RGB")
             ImageDraw.Draw(tile).text((3, 2), f"s={result['scale']:g}", fill=(255, 255, 0))
             tiles.append(tile)
+        if not tiles:
+            return
         width = sum(t.width for t in tiles) + 2 * (len(tiles) - 1)
         grid = Image.new("RGB", (width, max(t.height for t in tiles)), (0, 0, 0))
         x = 0
@@ -262,6 +273,8 @@ class RestorationWriter(Callback):
                 continue
             record = json.loads(path.read_text())
             for entry in record.get("results", []):
+                if "metrics" not in entry:
+                    continue
                 rows.append({"name": name, "scale": entry["scale"], **entry.get("metrics", {})})
         columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale"})
         buffer = io.StringIO()

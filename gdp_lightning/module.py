@@ -25,7 +25,7 @@ from .diffusion import GaussianDiffusion
 from .errors import ConfigError, InputError
 from .metrics import ImageMetrics, to_8bit
 from .prior import PriorSpec, load_prior_weights
-from .sampling import GDPSampler, QualityTerm, StepInfo
+from .sampling import GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 
 __all__ = ["GDPModule", "SamplerSettings", "StepContext"]
 
@@ -78,6 +78,13 @@ class SamplerSettings:
     tile_batch: int = 16
     whole_image: bool = False
     clip_denoised: bool = True
+
+    def sampler_options(self) -> Dict[str, Any]:
+        """The keyword arguments of :class:`GDPSampler` these settings hold."""
+        options = dataclasses.asdict(self)
+        for key in ("steps", "scale", "scales"):
+            del options[key]
+        return options
 
     def scale_list(self) -> List[float]:
         return [float(s) for s in self.scales] if self.scales else [float(self.scale)]
@@ -223,29 +230,11 @@ class GDPModule(L.LightningModule):
         return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
 
     def make_sampler(self, scale: float) -> GDPSampler:
-        s = self.settings
-        return GDPSampler(
-            self._unet_fn if self._unet_fn is not None else self.unet,
-            self.diffusion,
-            self.degradation,
-            scale,
-            scale_convention=s.scale_convention,
-            variant=s.variant,
-            method=s.method,
-            eta=s.eta,
-            data_loss=s.data_loss,
-            quality=self.quality,
-            phi_optimizer=s.phi_optimizer,
-            phi_lr=s.phi_lr,
-            phi_steps=s.phi_steps,
-            phi_update=s.phi_update,
-            tile_size=s.tile_size or self.unet.image_size,
-            tile_overlap=s.tile_overlap,
-            tile_batch=s.tile_batch,
-            whole_image=s.whole_image,
-            clip_denoised=s.clip_denoised,
-            progress=self._show_progress(),
-        )
+        options = self.settings.sampler_options()
+        options["tile_size"] = options["tile_size"] or self.unet.image_size
+        unet = self._unet_fn if self._unet_fn is not None else self.unet
+        return GDPSampler(unet, self.diffusion, self.degradation, scale, quality=self.quality,
+                          progress=self._show_progress(), **options)
 
     def _show_progress(self) -> bool:
         if not self.progress:
@@ -382,14 +371,23 @@ class GDPModule(L.LightningModule):
         for scale in scales:
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
             sampler = self.make_sampler(scale)
-            result = sampler.restore(y, seeds=seeds, labels=labels, on_step=lambda info: self._on_step(info, context))
+            try:
+                result = sampler.restore(y, seeds=seeds, labels=labels,
+                                         on_step=lambda info: self._on_step(info, context))
+            except GuidanceDivergedError as e:
+                if len(scales) == 1:
+                    raise
+                for item in items:  # a sweep goes on with the other scales
+                    item["results"].append({"scale": scale, "image": None, "diverged": str(e), "phi": {},
+                                            "losses": {}, "metrics": {}})
+                continue
             full = to_8bit(result.images)
             with torch.no_grad():
                 ax = self.degradation(full)[..., :oh, :ow]
-            restored = full[..., :out_h, :out_w]
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
             values = {} if self._metrics is None else self._metrics.per_image(
-                restored, gt=gt, ax=ax, y=y[..., :oh, :ow], low=low)
+                full[..., :out_h, :out_w], gt=gt, ax=ax, y=y[..., :oh, :ow], low=low)
+            restored = result.images[..., :out_h, :out_w]  # full precision: 16-bit outputs keep it
             phi = result.phi
             for b, item in enumerate(items):
                 item["results"].append({

@@ -430,10 +430,12 @@ def test_predict_skips_done_inputs_after_grouping(tmp_path):
     done = SimpleNamespace(is_done=lambda name: name in {"a", "e", "d"})
     dm.trainer = SimpleNamespace(callbacks=[object(), done], lightning_module=SimpleNamespace())
     dm.setup("predict")
-    assert dm.batches == [[2], [1]]  # c keeps its batch of its own, d's batch is gone
+    assert dm.batches == [[0, 2], [1, 4], [3]]  # the writer knows its folder only after setup
     assert [b["name"] for b in dm.predict_dataloader()] == [["c"], ["b"]]
+    assert dm.batches == [[2], [1]]  # c keeps its batch of its own, d's batch is gone
     dm.setup("test")  # only predict skips
     assert dm.batches == [[0, 2], [1, 4], [3]]
+    assert [b["name"] for b in dm.test_dataloader()] == [["a", "c"], ["b", "e"], ["d"]]
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")

@@ -349,21 +349,23 @@ class GDPDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Find the inputs, read their sizes and decode every file once (errors come before any restoration),
-        group them into batches; for ``"predict"``, leave out the inputs a callback reports done (``is_done(name)``)
-        after grouping, so the other batches keep their composition."""
+        group them into batches. The predict dataloader leaves out the inputs a callback reports done
+        (``is_done(name)``) after grouping, so the other batches keep their composition."""
         if not self._prepared:
             self._discover()
         self._check_exposure_count()
         if self.mode == "synthetic" and self._observation_operator is None:
             self._observation_operator = self._resolve_synthetic_operator()
-        batches = [list(b) for b in self._all_batches]
-        if stage == "predict":
-            checks = self._done_checks()
-            if checks:
-                done = {p for p, item in enumerate(self.items) if any(check(item.name) for check in checks)}
-                batches = [[p for p in b if p not in done] for b in batches]
-                batches = [b for b in batches if b]
-        self.batches = batches
+        self.batches = [list(b) for b in self._all_batches]
+
+    def _drop_done(self) -> None:
+        """Leave out the inputs a callback reports done. Called when the predict dataloader is made: Lightning
+        sets up the data module before the callbacks, so a writer knows its folder only then."""
+        checks = self._done_checks()
+        if checks:
+            done = {p for p, item in enumerate(self.items) if any(check(item.name) for check in checks)}
+            batches = [[p for p in b if p not in done] for b in self._all_batches]
+            self.batches = [b for b in batches if b]
 
     # ------------------------------------------------------------- dataloaders
     def dataset(self) -> RestorationBatches:
@@ -379,6 +381,9 @@ class GDPDataModule(L.LightningDataModule):
                           collate_fn=_keep_batch)
 
     def predict_dataloader(self) -> DataLoader:
+        if not self._prepared:
+            self.setup("predict")
+        self._drop_done()
         return self._dataloader("predict")
 
     def test_dataloader(self) -> DataLoader:
