@@ -95,6 +95,7 @@ class RestorationWriter(Callback):
         self.overwrite, self.save_phi = overwrite, save_phi
         self._dir: Optional[Path] = None
         self._rank = 0
+        self._summarized = False
 
     # ---------------------------------------------------------------- where
     @property
@@ -119,9 +120,30 @@ class RestorationWriter(Callback):
         if clash:
             raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
                              f"{self._dir}; rename it")
+        self._summarized = False
         if trainer.is_global_zero:
             self._dir.mkdir(parents=True, exist_ok=True)
+
+    def _start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        # after the model's setup (weights loaded) and never under inference mode (the model stops then):
+        # a run that fails before it starts leaves the record of the run that made the outputs
+        if trainer.is_global_zero and not torch.is_inference_mode_enabled():
             self.write_run_record(trainer, pl_module, stage)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "predict")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._start(trainer, pl_module, "validate")
+
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        # with every input done the loop has no batch and Lightning skips on_predict_end: summarise here
+        if stage == "predict" and not self._summarized and trainer.world_size == 1 and self._dir is not None:
+            self.summarize(trainer, pl_module)
 
     def is_done(self, name: str) -> bool:
         """Whether ``name`` was restored by an earlier run (its record, written last, exists)."""
@@ -137,7 +159,7 @@ class RestorationWriter(Callback):
         record = {
             "stage": stage,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": sys.argv,
+            "command": getattr(pl_module, "run_command", None) or sys.argv,
             "gdp_lightning": __version__,
             "torch": torch.__version__,
             "lightning": L.__version__,
@@ -216,7 +238,7 @@ class RestorationWriter(Callback):
             image = result["image"]
             if image is None:
                 continue
-            array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            array = (image.double().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             tile = Image.fromarray(array, "RGB")
             ImageDraw.Draw(tile).text((3, 2), f"s={result['scale']:g}", fill=(255, 255, 0))
             tiles.append(tile)
@@ -256,6 +278,7 @@ class RestorationWriter(Callback):
     def summarize(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """``metrics.csv`` (one row per image and scale) and ``metrics.json`` (means) from the records of every
         input of the data module: also those restored by an earlier, interrupted run."""
+        self._summarized = True
         trainer.strategy.barrier()
         if not trainer.is_global_zero:
             return

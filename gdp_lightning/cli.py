@@ -44,6 +44,7 @@ class GDPCLI(LightningCLI):
     """LightningCLI with the project's model, data module, writer and TensorBoard trajectory callback."""
 
     def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True):
+        self.command = ["gdp", *(sys.argv[1:] if args is None else args)]
         super().__init__(
             GDPModule,
             GDPDataModule,
@@ -75,6 +76,7 @@ class GDPCLI(LightningCLI):
             self.model.run_config = parser.dump(config)
         except Exception:  # noqa: BLE001 - the record is a convenience, never a reason to fail
             self.model.run_config = None
+        self.model.run_command = self.command
         super()._run_subcommand(subcommand)
 
 

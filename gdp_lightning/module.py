@@ -179,6 +179,7 @@ class GDPModule(L.LightningModule):
         self.eval_means = nn.ModuleDict()
         self.dataset_metrics: Dict[str, float] = {}
         self.run_config: Optional[str] = None  # the resolved CLI config, set by the CLI for the run record
+        self.run_command: Optional[List[str]] = None
         self._check_labels()
 
     def set_task(self, degradation: Optional[Degradation] = None, quality: Optional[List[QualityTerm]] = None) -> None:
@@ -220,10 +221,29 @@ class GDPModule(L.LightningModule):
         self._unet_fn = torch.compile(self.unet) if self.compile_unet else self.unet
         if self.labels_file is not None:
             self._labels = read_labels(self.labels_file)
+        self._check_inputs()
         self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
                                      fid_feature_extractor=self.fid_feature_extractor)
         keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in self.metric_names if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
+
+    def _check_inputs(self) -> None:
+        """What the data module found must fit the task: checked before the first restoration."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        items = getattr(datamodule, "items", None) or []
+        if self._labels is not None:
+            missing = [it.name for it in items if it.name not in self._labels]
+            if missing:
+                raise InputError(f"--model.labels_file {self.labels_file}: no label for {missing[0]!r}; add a line "
+                                 f"'{missing[0]} <class>'")
+        has = {type(m) for m in self.degradation.modules()}
+        for it in items:
+            if getattr(it, "mask", None) is not None and Inpainting not in has:
+                raise InputError(f"{it.mask}: a mask file, but the task has no inpainting operator; remove it or "
+                                 "use an inpainting task")
+            if getattr(it, "kernel", None) is not None and Blur not in has:
+                raise InputError(f"{it.kernel}: a kernel file, but the task has no blur operator; remove it or use "
+                                 "a deblurring task")
 
     def _scale_suffixes(self) -> List[str]:
         scales = self.settings.scale_list()
@@ -353,6 +373,11 @@ class GDPModule(L.LightningModule):
         if any(pad):
             y = F.pad(y, (0, pad[1], 0, pad[0]), mode="replicate")
         self._side_inputs(batch, pad)
+        if isinstance(self.degradation, Inpainting):
+            # a real photo has content in its holes: keep its observed pixels only (m ⊙ y, as a synthetic
+            # observation), else the data term and the consistency count the holes against A(x̂) = m ⊙ x̂
+            with torch.no_grad():
+                y = self.degradation(y)
         out_h, out_w = self.degradation.input_size(oh, ow)
         seeds = self.seeds_for(indices)
         labels = self.labels_for(names, seeds)
@@ -389,6 +414,10 @@ class GDPModule(L.LightningModule):
                 full[..., :out_h, :out_w], gt=gt, ax=ax, y=y[..., :oh, :ow], low=low)
             restored = result.images[..., :out_h, :out_w]  # full precision: 16-bit outputs keep it
             phi = result.phi
+            if any(pad):  # per-pixel φ (an illumination map M) was made at the padded size: crop it as the image
+                padded = tuple(result.images.shape[-2:])
+                phi = {k: v[..., :out_h, :out_w] if v.ndim >= 2 and tuple(v.shape[-2:]) == padded else v
+                       for k, v in phi.items()}
             for b, item in enumerate(items):
                 item["results"].append({
                     "scale": scale,

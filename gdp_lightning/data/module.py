@@ -366,6 +366,11 @@ class GDPDataModule(L.LightningDataModule):
             done = {p for p, item in enumerate(self.items) if any(check(item.name) for check in checks)}
             batches = [[p for p in b if p not in done] for b in self._all_batches]
             self.batches = [b for b in batches if b]
+            if done:
+                from lightning.pytorch.utilities import rank_zero_info
+
+                rank_zero_info(f"{len(done)} of {len(self.items)} inputs are already restored and are skipped "
+                               "(--writer.overwrite true restores them again)")
 
     # ------------------------------------------------------------- dataloaders
     def dataset(self) -> RestorationBatches:

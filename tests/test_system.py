@@ -1,0 +1,663 @@
+"""System tests: the ``gdp`` command end to end, in-process (``gdp_lightning.cli.main``), and the Python API.
+
+Every shipped config parses; ``gdp predict``/``validate``/``test`` write the outputs, the records, the metrics and
+TensorBoard's view of the sampler; a run resumes where it stopped; user errors end with one ``gdp: error:`` line.
+Runs use a tiny random prior (32x32) where only the plumbing matters and the shared skimage64 prior (64x64) for
+every task config, with 3 to 10 diffusion steps and scales small enough for so few steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gdp_lightning.benchmark import psnr, quantize, skimage_crops
+from gdp_lightning.cli import main
+from gdp_lightning.data import read_image, write_image
+from gdp_lightning.degradations import gaussian_kernel, kernel_from_spec, random_mask
+from gdp_lightning.module import GDPModule
+from gdp_lightning.sampling import GuidanceDivergedError
+
+from .conftest import REPO
+from .helpers import TINY, _tiny
+
+PRIORS = sorted((REPO / "configs" / "prior").glob("*.yaml"))
+TASKS = sorted((REPO / "configs" / "task").glob("*.yaml")) + sorted((REPO / "configs" / "task").glob("paper/*.yaml"))
+SKIMAGE64 = REPO / "configs" / "prior" / "skimage64.yaml"
+QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+OLD_NS = 10**18  # an mtime (2001) that no file written by a test has
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    """``main(argv)`` in-process, as the console script would run (LightningCLI warns about pytest's argv)."""
+    monkeypatch.setattr(sys, "argv", ["gdp"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are small, and two OpenMP threads on a busy two-core machine wait for
+    each other far longer than they compute (the tiny UNet's step goes from 0.07 s to seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def task(name: str) -> str:
+    return str(REPO / "configs" / "task" / f"{name}.yaml")
+
+
+def gdp(capfd, logs: Path, command: str, prior: Sequence[str], task_name: str, *options: str, steps: int = 3,
+        scale: float = 1000.0):
+    """Run ``gdp <command>`` in-process with the prior's options, a task config, few steps and a small scale;
+    return the exit status and stderr."""
+    argv = [command, *prior, "--config", task(task_name), "--model.sampler.steps", str(steps),
+            "--model.sampler.scale", str(scale), *QUIET, "--trainer.logger.init_args.save_dir", str(logs), *options]
+    rc = main(argv)
+    return rc, capfd.readouterr().err
+
+
+def error_line(err: str) -> str:
+    """The one ``gdp: error:`` line, which must be the last line on stderr."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    assert sum(line.startswith("gdp: error:") for line in lines) == 1, err
+    assert lines[-1].startswith("gdp: error: "), err
+    return lines[-1]
+
+
+def names_in(folder: Path) -> List[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def read_rows(path: Path) -> List[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def record(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def png_size(path: Path):
+    with Image.open(path) as im:
+        im.load()  # decodes the whole file: a truncated PNG fails here
+        return im.size, im.mode
+
+
+def age(folder: Path) -> None:
+    """Give every file of ``folder`` an old mtime, so that a rewrite shows."""
+    for p in folder.iterdir():
+        os.utime(p, ns=(OLD_NS, OLD_NS))
+
+
+def rewritten(folder: Path) -> List[str]:
+    return sorted(p.name for p in folder.iterdir() if p.stat().st_mtime_ns != OLD_NS)
+
+
+def events(logs: Path) -> EventAccumulator:
+    files = sorted(logs.rglob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    acc = EventAccumulator(str(files[0]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def write_images(folder: Path, images: torch.Tensor, names: Sequence[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for image, name in zip(images, names):
+        write_image(folder / f"{name}.png", image)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def crops() -> torch.Tensor:
+    return skimage_crops(4, size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random tiny prior (32x32): its config and weights, and the same for a class-conditional one."""
+    folder = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for key, overrides in (("plain", {}), ("cond", {"class_cond": True})):
+        weights = folder / f"{key}.pt"
+        torch.save(_tiny(**overrides).state_dict(), weights)
+        config = folder / f"{key}.yaml"
+        spec = {"name": f"tiny_{key}", "unet": {**TINY, **overrides}, "diffusion": {"diffusion_steps": 1000},
+                "checkpoint": str(weights)}
+        config.write_text(yaml.safe_dump({"model": {"prior": spec}}))
+        out[key] = (config, weights)
+    return out
+
+
+@pytest.fixture()
+def tiny_prior(tiny) -> List[str]:
+    return ["--config", str(tiny["plain"][0])]
+
+
+@pytest.fixture()
+def sk_prior(skimage64_checkpoint) -> List[str]:
+    # the config's checkpoint path is relative to the repository root: give it whatever the working directory
+    return ["--config", str(SKIMAGE64), "--model.prior.checkpoint", str(skimage64_checkpoint)]
+
+
+@pytest.fixture(scope="module")
+def photos16(tmp_path_factory, crops) -> Path:
+    """Three 16x16 low-resolution photos (4x4 block averages of 64x64 crops)."""
+    return write_images(tmp_path_factory.mktemp("photos16"), quantize(F.avg_pool2d(crops[:3], 4)),
+                        ["im0", "im1", "im2"])
+
+
+# ------------------------------------------------------------------------------------------------ 1. configs
+@pytest.mark.parametrize("config", TASKS, ids=lambda p: p.relative_to(REPO / "configs" / "task").as_posix())
+def test_every_task_config_parses(config, capfd):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--config", str(SKIMAGE64), "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capfd.readouterr().out)
+    expected = yaml.safe_load(config.read_text())["model"]
+    assert printed["model"]["degradation"]["class_path"] == expected["degradation"]["class_path"]
+    assert printed["model"]["sampler"]["steps"] == expected["sampler"]["steps"]
+    assert float(printed["model"]["sampler"]["scale"]) == float(expected["sampler"]["scale"])
+    assert printed["model"]["prior"]["name"] == "skimage64"
+    assert printed["trainer"]["inference_mode"] is False
+
+
+@pytest.mark.parametrize("config", PRIORS, ids=lambda p: p.name)
+def test_every_prior_config_parses(config, capfd):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--config", str(config), "--config", task("sr4"), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capfd.readouterr().out)["model"]
+    expected = yaml.safe_load(config.read_text())["model"]["prior"]
+    assert printed["prior"]["name"] == expected["name"]
+    assert printed["prior"]["unet"] == {**printed["prior"]["unet"], **expected["unet"]}
+    assert printed["degradation"]["class_path"] == "gdp_lightning.degradations.SuperResolution"
+
+
+@pytest.mark.parametrize("where", ["config", "command line"])
+def test_an_unknown_option_is_rejected_by_name(where, tmp_path, capfd):
+    argv = ["predict", "--config", str(SKIMAGE64), "--config", task("sr4")]
+    if where == "config":
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("model:\n  nonsense: 1\n")
+        argv += ["--config", str(bad)]
+    else:
+        argv += ["--model.sampler.nonsense", "1"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--print_config"])
+    assert exit_.value.code not in (0, None)
+    err = capfd.readouterr().err
+    assert "error:" in err and "nonsense" in err
+
+
+# ----------------------------------------------------------------------------------- 2. predict, end to end
+def test_predict_end_to_end(tiny, tiny_prior, photos16, tmp_path, capfd):
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                  "--data.batch_size", "2", "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert names_in(out) == ["im0.json", "im0.png", "im1.json", "im1.png", "im2.json", "im2.png", "metrics.csv",
+                             "metrics.json", "run.json", "run.yaml"]
+    seeds = set()
+    for i in range(3):
+        assert png_size(out / f"im{i}.png") == ((64, 64), "RGB")  # 4x the 16x16 input
+        rec = record(out, f"im{i}")
+        assert rec["name"] == f"im{i}" and rec["index"] == i
+        assert Path(rec["input"]) == photos16 / f"im{i}.png"
+        [result] = rec["results"]
+        assert result["output"] == f"im{i}.png" and result["scale"] == 1000.0
+        assert math.isfinite(result["losses"]["data"]) and result["losses"]["data"] >= 0
+        assert math.isfinite(result["metrics"]["consistency"])
+        seeds.add(rec["seed"])
+    assert len(seeds) == 3
+    rows = read_rows(out / "metrics.csv")
+    assert [r["name"] for r in rows] == ["im0", "im1", "im2"]
+    for r in rows:
+        assert float(r["consistency"]) == record(out, r["name"])["results"][0]["metrics"]["consistency"]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["images"] == 3
+    run = json.loads((out / "run.json").read_text())
+    weights = tiny["plain"][1]
+    assert run["stage"] == "predict"
+    assert Path(run["model"]["checkpoint"]) == weights.resolve()
+    assert run["model"]["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert run["model"]["sampler"]["steps"] == "3"
+    resolved = yaml.safe_load((out / "run.yaml").read_text())
+    assert resolved["model"]["degradation"]["class_path"] == "gdp_lightning.degradations.SuperResolution"
+    assert resolved["data"]["batch_size"] == 2 and resolved["writer"]["output_dir"] == str(out)
+
+
+def test_gray_input_gives_gray_output(tiny_prior, crops, tmp_path, capfd):
+    photos = tmp_path / "gray"
+    photos.mkdir()
+    gray = (F.avg_pool2d(crops[:1], 4).mean(1)[0] * 255).round().byte()
+    Image.fromarray(gray.numpy(), "L").save(photos / "g.png")
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(tmp_path / "out"))
+    assert rc == 0, err
+    assert png_size(tmp_path / "out" / "g.png") == ((64, 64), "L")
+
+
+# ----------------------------------------------------------------------- 3. every task on the skimage64 prior
+def test_sr4_beats_nearest_neighbour(sk_prior, crops, tmp_path, capfd):
+    clean = write_images(tmp_path / "clean", crops[:2], ["c0", "c1"])
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "test", sk_prior, "sr4", "--data.input_dir", str(clean),
+                  "--data.mode", "synthetic", "--data.batch_size", "2", "--writer.output_dir", str(out), steps=10)
+    assert rc == 0, err
+    low = quantize(F.avg_pool2d(crops[:2], 4))  # the synthetic observation: 4x4 averages, rounded to 8 bits
+    nearest = psnr(F.interpolate(low, scale_factor=4, mode="nearest"), crops[:2])
+    rows = {r["name"]: r for r in read_rows(out / "metrics.csv")}
+    for i in range(2):
+        restored = read_image(out / f"c{i}.png").pixels[None]
+        assert restored.shape == (1, 3, 64, 64)
+        measured = float(psnr(restored, crops[i : i + 1]))
+        assert float(rows[f"c{i}"]["psnr"]) == pytest.approx(measured, abs=0.01)  # metrics of the written file
+        assert measured > float(nearest[i]) + 1.0, (measured, nearest.tolist())
+        assert 0 < float(rows[f"c{i}"]["ssim"]) <= 1
+
+
+def test_deblur_keeps_the_size(sk_prior, crops, tmp_path, capfd):
+    photos = write_images(tmp_path / "in", [crops[0, :, :40, :56]], ["wide"])  # smaller than the prior: padded
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "deblur", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert png_size(out / "wide.png") == ((56, 40), "RGB")  # reflect padding: the size of the input
+    kernel = torch.load(out / "wide.phi.pt")["kernel"].squeeze()
+    assert torch.allclose(kernel, kernel_from_spec("gdp:9:2") / kernel_from_spec("gdp:9:2").sum(), atol=1e-6)
+
+
+def test_blind_deblur_learns_a_kernel(sk_prior, crops, tmp_path, capfd):
+    photos = write_images(tmp_path / "in", crops[:2], ["a", "b"])
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "blind_deblur", "--data.input_dir", str(photos),
+                  "--data.batch_size", "2", "--writer.output_dir", str(out))
+    assert rc == 0, err
+    start = gaussian_kernel(9, 1.5)
+    start = start / start.sum()
+    learned = []
+    for name in ("a", "b"):
+        assert png_size(out / f"{name}.png")[0] == (64, 64)
+        assert png_size(out / f"{name}.kernel.png")[0][0] >= 9  # a picture of the kernel
+        kernel = torch.load(out / f"{name}.phi.pt")["kernel"].squeeze()
+        assert kernel.shape == (9, 9) and bool((kernel >= 0).all())
+        assert float(kernel.sum()) == pytest.approx(1.0, abs=1e-5)
+        assert float((kernel - start).abs().max()) > 1e-4  # it moved away from the start
+        result = record(out, name)["results"][0]
+        assert result["phi_pictures"] == {"kernel": f"{name}.kernel.png"} and result["phi_file"] == f"{name}.phi.pt"
+        learned.append(kernel)
+    assert not torch.equal(learned[0], learned[1])  # one kernel per image
+
+
+def test_inpaint_with_mask_files_and_random_masks(sk_prior, crops, tmp_path, capfd):
+    photos = write_images(tmp_path / "in", crops[:2], ["a", "b"])
+    masks = torch.ones(2, 1, 64, 64)
+    masks[0, :, 16:48, 16:48] = 0
+    masks[1, :, :, 40:] = 0
+    for mask, name in zip(masks, ("a", "b")):
+        write_image(photos / f"{name}_mask.png", mask)
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "inpaint", "--data.input_dir", str(photos),
+                  "--data.batch_size", "2", "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert names_in(out) == ["a.json", "a.png", "b.json", "b.png", "metrics.csv", "metrics.json", "run.json",
+                             "run.yaml"]  # the masks are inputs, not images to restore
+    for i, name in enumerate(("a", "b")):
+        restored = read_image(out / f"{name}.png").pixels
+        observed = masks[i].bool().expand(3, -1, -1)
+        kept = 10 * math.log10(1 / float((restored - crops[i])[observed].pow(2).mean()))
+        filled = 10 * math.log10(1 / float((restored - crops[i])[~observed].pow(2).mean()))
+        assert kept > 30 and kept > filled + 10, (kept, filled)  # the observed pixels stay, the hole is new
+        # the consistency compares the observed pixels only: the photo's content in the hole is not observed
+        expected = float(((restored - crops[i]) * masks[i] * 255).pow(2).mean())
+        assert record(out, name)["results"][0]["metrics"]["consistency"] == pytest.approx(expected, rel=1e-3)
+
+    out = tmp_path / "random"
+    photos = write_images(tmp_path / "nomask", crops[2:3], ["c"])
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "inpaint", "--data.input_dir", str(photos),
+                  "--model.degradation.init_args.mask", "random:0.25", "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert png_size(out / "c.png") == ((64, 64), "RGB")
+    assert "random:0.25" in (out / "run.yaml").read_text()
+    mask = random_mask(64, 64, 0.25, torch.Generator().manual_seed(0))  # what 'random:0.25' draws at 64x64
+    assert float(mask.mean()) == pytest.approx(0.75, abs=0.02)
+    restored = read_image(out / "c.png").pixels
+    expected = float(((restored - crops[2]) * mask * 255).pow(2).mean())
+    assert record(out, "c")["results"][0]["metrics"]["consistency"] == pytest.approx(expected, rel=1e-3)
+    assert expected < 100
+
+
+def test_colorize_gray_photo(sk_prior, crops, tmp_path, capfd):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    gray = (crops[0].mean(0) * 255).round().byte()
+    Image.fromarray(gray.numpy(), "L").save(photos / "g.png")
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "colorize", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert png_size(out / "g.png") == ((64, 64), "RGB")
+    restored = read_image(out / "g.png").pixels
+    assert float(psnr(restored.mean(0)[None, None], gray[None, None].float() / 255)) > 30  # its gray is the input
+    assert float((restored - restored.mean(0)).abs().mean()) > 0.005  # and it has colours
+
+
+def test_lowlight_learns_f_and_m(sk_prior, crops, tmp_path, capfd):
+    dark = quantize(crops[1:2] * 0.15)
+    photos = write_images(tmp_path / "in", dark, ["d"])
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "lowlight", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    restored = read_image(out / "d.png").pixels
+    assert restored.shape == (3, 64, 64)
+    assert float(restored.mean()) > 2 * float(dark.mean())  # brighter
+    result = record(out, "d")["results"][0]
+    assert set(result["phi"]) == {"f", "M"}
+    assert all(isinstance(result["phi"][k], float) and math.isfinite(result["phi"][k]) for k in ("f", "M"))
+    assert set(result["losses"]) == {"data", "exposure", "color"}
+    assert {"consistency", "loe"} <= set(result["metrics"])
+    phi = torch.load(out / "d.phi.pt")
+    assert float(phi["f"].flatten()[0]) == pytest.approx(result["phi"]["f"], rel=1e-4)
+
+
+def test_hdr_scene_folder(sk_prior, crops, tmp_path, capfd):
+    scene = tmp_path / "in" / "scene1"
+    exposures = quantize(torch.stack([crops[2] * 0.3, crops[2] * 0.7, (crops[2] * 1.6).clamp(0, 1)]))
+    write_images(scene, exposures[:, :, :48, :], ["e1", "e2", "e3"])
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "hdr", "--data.input_dir", str(tmp_path / "in"),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert names_in(out) == ["metrics.csv", "metrics.json", "run.json", "run.yaml", "scene1.M.png", "scene1.json",
+                             "scene1.phi.pt", "scene1.png"]
+    assert png_size(out / "scene1.png") == ((64, 48), "RGB")
+    result = record(out, "scene1")["results"][0]
+    assert len(result["phi"]["f"]) == 3  # one gain per exposure
+    assert result["phi"]["M"]["shape"] == [3, 48, 64]
+    phi = torch.load(out / "scene1.phi.pt")
+    assert phi["f"].numel() == 3 and tuple(phi["M"].shape) == (3, 48, 64)
+
+
+def test_blur_sr4_learns_the_kernel_of_the_composition(sk_prior, crops, tmp_path, capfd):
+    photos = write_images(tmp_path / "in", quantize(F.avg_pool2d(crops[:1], 4)), ["s"])
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", sk_prior, "blur_sr4", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert png_size(out / "s.png") == ((64, 64), "RGB")
+    kernel = torch.load(out / "s.phi.pt")["0.kernel"]
+    assert float(kernel.sum()) == pytest.approx(1.0, abs=1e-5) and bool((kernel >= 0).all())
+    assert (out / "s.0.kernel.png").is_file()
+
+
+# ------------------------------------------------------------------------------- 4. validate/test, TensorBoard
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_evaluation_writes_metrics_and_tensorboard(stage, tiny_prior, crops, tmp_path, capfd):
+    clean = write_images(tmp_path / "clean", crops[:3, :, :32, :32], ["c0", "c1", "c2"])
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    rc, err = gdp(capfd, logs, stage, tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode", "synthetic",
+                  "--data.batch_size", "2", "--trajectory.every_n_steps", "2", "--writer.output_dir", str(out),
+                  steps=4)
+    assert rc == 0, err
+    rows = read_rows(out / "metrics.csv")
+    assert [r["name"] for r in rows] == ["c0", "c1", "c2"]
+    assert {"psnr", "ssim", "consistency"} <= set(rows[0])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["images"] == 3
+    means = summary["mean_by_scale"]["1000"]
+    for key in ("psnr", "ssim", "consistency"):
+        assert means[key] == pytest.approx(sum(float(r[key]) for r in rows) / 3, rel=1e-5)
+    for i in range(3):
+        restored = read_image(out / f"c{i}.png").pixels[None]
+        assert float(rows[i]["psnr"]) == pytest.approx(float(psnr(restored, crops[i : i + 1, :, :32, :32])), abs=0.01)
+
+    acc = events(logs)
+    scalars, images = acc.Tags()["scalars"], acc.Tags()["images"]
+    logged = [e.value for e in acc.Scalars(f"{stage}/psnr")]
+    assert logged == [pytest.approx(means["psnr"], rel=1e-4)]
+    # the first batch (c0, c1) is followed: x0 at steps 1, 3 (every 2) and the last one, losses at every step
+    for name in ("c0", "c1"):
+        assert [e.step for e in acc.Images(f"x0/{stage}/{name}")] == [1, 3, 4]
+        [grid] = acc.Images(f"trajectory/{stage}/{name}")
+        assert (grid.width, grid.height) == (3 * (32 + 2), 32)
+        losses = acc.Scalars(f"loss/{stage}/{name}/data")
+        assert [e.step for e in losses] == [1, 2, 3, 4]
+        assert all(math.isfinite(e.value) and e.value >= 0 for e in losses)
+    assert f"x0/{stage}/c2" not in images and f"loss/{stage}/c2/data" not in scalars  # num_batches 1
+
+
+# ----------------------------------------------------------------------------------------------- 5. resume
+def test_predict_resumes_and_overwrites(tiny_prior, photos16, tmp_path, capfd):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    options = ["--data.input_dir", str(photos16), "--writer.output_dir", str(out)]
+    assert gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)[0] == 0
+    first = {n: (out / f"{n}.png").read_bytes() for n in ("im0", "im1", "im2")}
+
+    age(out)
+    (out / "im1.json").unlink()  # the record marks an input done: without it, im1 is redone
+    (out / "im2.json").unlink()
+    (out / "im2.png").unlink()
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)
+    assert rc == 0, err
+    changed = rewritten(out)
+    assert {"im1.json", "im1.png", "im2.json", "im2.png", "metrics.csv"} <= set(changed)
+    assert not {"im0.png", "im0.json"} & set(changed)
+    assert [r["name"] for r in read_rows(out / "metrics.csv")] == ["im0", "im1", "im2"]  # the earlier ones too
+    for n in ("im1", "im2"):  # the same seeds, the same results
+        assert (out / f"{n}.png").read_bytes() == first[n]
+
+    age(out)
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)
+    assert rc == 0, err
+    assert not {f"im{i}.{ext}" for i in range(3) for ext in ("png", "json")} & set(rewritten(out))  # all done
+
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options, "--writer.overwrite", "true")
+    assert rc == 0, err
+    assert {f"im{i}.{ext}" for i in range(3) for ext in ("png", "json")} <= set(rewritten(out))
+
+
+def test_outputs_written_before_a_failure_stay(tiny_prior, photos16, tmp_path, capfd, monkeypatch):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    options = ["--data.input_dir", str(photos16), "--data.batch_size", "2", "--writer.output_dir", str(out)]
+    predict_step = GDPModule.predict_step
+
+    def second_batch_diverges(self, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1:
+            raise GuidanceDivergedError("the sample became non-finite at step 2 of 3 (simulated)")
+        return predict_step(self, batch, batch_idx, dataloader_idx)
+
+    monkeypatch.setattr(GDPModule, "predict_step", second_batch_diverges)
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)
+    assert rc == 2
+    assert "non-finite" in error_line(err)
+    assert names_in(out) == ["im0.json", "im0.png", "im1.json", "im1.png", "run.json", "run.yaml"]  # no temp files
+    for n in ("im0", "im1"):
+        assert png_size(out / f"{n}.png") == ((64, 64), "RGB")
+        assert record(out, n)["results"][0]["output"] == f"{n}.png"
+
+    monkeypatch.setattr(GDPModule, "predict_step", predict_step)
+    age(out)
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)
+    assert rc == 0, err
+    assert {"im2.png", "im2.json"} <= set(rewritten(out))
+    assert not {"im0.png", "im0.json", "im1.png", "im1.json"} & set(rewritten(out))
+    assert [r["name"] for r in read_rows(out / "metrics.csv")] == ["im0", "im1", "im2"]
+
+
+# ----------------------------------------------------------------------------------------- 6. bad inputs
+@pytest.fixture()
+def earlier_outputs(tmp_path, crops) -> Path:
+    """An output folder holding the files of an earlier run."""
+    out = tmp_path / "out"
+    write_image(out / "old.png", crops[0])
+    (out / "old.json").write_text('{"name": "old", "results": []}\n')
+    (out / "metrics.csv").write_text("name,scale,psnr\nold,1000.0,20.0\n")
+    (out / "run.json").write_text('{"stage": "predict"}\n')
+    return out
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("case", ["missing folder", "truncated image", "mask of another size",
+                                  "small checkpoint, large config", "large checkpoint, small config",
+                                  "missing checkpoint", "inference mode"])
+def test_bad_input_ends_with_one_error_line(case, tiny, tiny_prior, sk_prior, skimage64_checkpoint, photos16,
+                                            earlier_outputs, crops, tmp_path, capfd):
+    before = _snapshot(earlier_outputs)
+    photos, prior, task_name, extra = photos16, tiny_prior, "sr4", []
+    if case == "missing folder":
+        photos = tmp_path / "no_such_folder"
+        culprit = str(photos)
+    elif case == "truncated image":
+        photos = write_images(tmp_path / "in", F.avg_pool2d(crops[:2], 4), ["good", "cut"])
+        data = (photos / "cut.png").read_bytes()
+        (photos / "cut.png").write_bytes(data[: len(data) // 2])
+        culprit = str(photos / "cut.png")
+    elif case == "mask of another size":
+        photos = write_images(tmp_path / "in", crops[:1, :, :32, :32], ["a"])
+        write_image(photos / "a_mask.png", torch.ones(1, 16, 16))
+        task_name, culprit = "inpaint", str(photos / "a_mask.png")
+    elif case == "small checkpoint, large config":
+        prior = sk_prior + ["--model.prior.checkpoint", str(tiny["plain"][1])]
+        culprit = str(tiny["plain"][1])
+    elif case == "large checkpoint, small config":
+        extra = ["--model.prior.checkpoint", str(skimage64_checkpoint)]
+        culprit = str(skimage64_checkpoint)
+    elif case == "missing checkpoint":
+        culprit = str(tmp_path / "gone.pt")
+        extra = ["--model.prior.checkpoint", culprit]
+    else:
+        extra, culprit = ["--trainer.inference_mode", "true"], "--trainer.inference_mode false"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", prior, task_name, "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(earlier_outputs), *extra)
+    assert rc == 2
+    line = error_line(err)
+    assert culprit in line, line
+    if "checkpoint," in case:
+        assert "does not fit" in line
+    after = _snapshot(earlier_outputs)
+    for name in ("old.png", "old.json", "metrics.csv"):
+        assert after[name] == before[name], name
+    assert not any(name.endswith((".png", ".json")) and name not in before and name != "run.yaml"
+                   for name in after)  # no restored image, no record
+    if case in ("missing folder", "truncated image", "mask of another size"):
+        assert after == before  # found before anything is set up
+
+
+# -------------------------------------------------------------------------------------------- 8. scale sweep
+def test_scale_sweep(tiny_prior, photos16, tmp_path, capfd):
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                  "--data.batch_size", "3", "--model.sampler.scales", "[500, 2000]", "--writer.output_dir", str(out))
+    assert rc == 0, err
+    for i in range(3):
+        name = f"im{i}"
+        assert png_size(out / f"{name}_s500.png") == ((64, 64), "RGB")
+        assert png_size(out / f"{name}_s2000.png") == ((64, 64), "RGB")
+        assert png_size(out / f"{name}_scales.png") == ((64 + 2 + 64, 64), "RGB")
+        assert not (out / f"{name}.png").exists()
+        rec = record(out, name)
+        assert [r["scale"] for r in rec["results"]] == [500.0, 2000.0]
+        assert [r["output"] for r in rec["results"]] == [f"{name}_s500.png", f"{name}_s2000.png"]
+        assert rec["grid"] == f"{name}_scales.png"
+        a, b = (read_image(out / f"{name}_s{s}.png").pixels for s in (500, 2000))
+        assert float((a - b).abs().mean()) > 1e-3  # the scale matters
+        # the grid holds both outputs side by side, 2 px apart (the scale label is drawn in the top rows)
+        grid = read_image(out / f"{name}_scales.png").pixels
+        assert float((grid[:, 16:, :64] - a[:, 16:]).abs().max()) <= 1.01 / 255
+        assert float((grid[:, 16:, 66:] - b[:, 16:]).abs().max()) <= 1.01 / 255
+        assert float(grid[:, :, 64:66].abs().max()) == 0  # the gap
+    rows = read_rows(out / "metrics.csv")
+    assert [(r["name"], float(r["scale"])) for r in rows] == [
+        (f"im{i}", s) for i in range(3) for s in (500.0, 2000.0)]
+    assert set(json.loads((out / "metrics.json").read_text())["mean_by_scale"]) == {"500", "2000"}
+
+
+# ---------------------------------------------------------------------------------------------- 9. Python API
+def test_python_api(tiny, crops):
+    from gdp_lightning import build_module, restore
+
+    config = str(tiny["plain"][0])
+    y = quantize(F.avg_pool2d(crops[:3, :, :32, :32], 4))  # (3, 3, 8, 8)
+    kwargs = dict(task="sr4", prior=config, steps=3, scale=1000, device="cpu", progress=False)
+    a = restore(y[:2], **kwargs)
+    assert a.shape == (2, 3, 32, 32) and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(restore(y[:2], **kwargs), a)  # same seed, same result
+    assert float((restore(y[:2], seed=1, **kwargs) - a).abs().mean()) > 1e-3
+    # image i's result depends on (seed, i) and its own observation only, not on the other images of the call
+    other = restore(torch.stack([y[0], y[2]]), **kwargs)
+    assert float((other[0] - a[0]).abs().max()) < 1e-4
+    listed = restore([y[0], y[1]], **kwargs)  # one batch per image
+    assert isinstance(listed, list) and [t.shape for t in listed] == [(3, 32, 32)] * 2
+    assert float((torch.stack(listed) - a).abs().max()) < 1e-4
+    module = build_module("sr4", config, sampler={"steps": "3", "scale": 1000.0}, progress=False)
+    assert torch.equal(restore(y[:2], module=module, device="cpu"), a)
+    details = restore(y[:1], details=True, **kwargs)
+    assert set(details[0]) == {"image", "phi", "losses", "metrics"} and "data" in details[0]["losses"]
+
+
+# --------------------------------------------------------------------------------- 10. class-conditional prior
+def test_class_conditional_prior(tiny, photos16, tmp_path, capfd):
+    prior = ["--config", str(tiny["cond"][0])]
+    options = ["--data.input_dir", str(photos16), "--data.batch_size", "3"]
+    logs = tmp_path / "logs"
+
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--writer.output_dir", str(tmp_path / "none"))
+    assert rc == 2 and "--model.class_label" in error_line(err)
+    assert not list((tmp_path / "none").glob("im*"))
+
+    outputs = {}
+    for label in ("3", "7"):
+        out = tmp_path / f"label{label}"
+        rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.class_label", label,
+                      "--writer.output_dir", str(out))
+        assert rc == 0, err
+        outputs[label] = read_image(out / "im0.png").pixels
+    assert not torch.equal(outputs["3"], outputs["7"])  # the label reaches the prior
+
+    out = tmp_path / "random"
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.random_labels", "true",
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert [r["name"] for r in read_rows(out / "metrics.csv")] == ["im0", "im1", "im2"]
+
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.class_label", "1000",
+                  "--writer.output_dir", str(tmp_path / "range"))
+    assert rc == 2 and "--model.class_label" in error_line(err) and "0..999" in error_line(err)
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("im0 1\nim1.png, 2\n")
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.labels_file", str(labels),
+                  "--writer.output_dir", str(tmp_path / "file"))
+    line = error_line(err)
+    assert rc == 2 and "--model.labels_file" in line and "'im2'" in line
+
+
+def test_labels_on_an_unconditional_prior_are_refused(tiny_prior, photos16, tmp_path, capfd):
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                  "--model.class_label", "3", "--writer.output_dir", str(tmp_path / "out"))
+    assert rc == 2 and "--model.class_label" in error_line(err) and "unconditional" in error_line(err)
