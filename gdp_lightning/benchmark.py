@@ -5,19 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .metrics import psnr  # noqa: F401 - PSNR per image of the 8-bit values, re-exported for the protocol
+from .metrics import to_8bit as quantize
+
 __all__ = ["skimage_crops", "quantize", "psnr", "SKIMAGE_PHOTOS"]
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels, in [0, 1] (observations and outputs are stored as 8 bits)."""
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image, for images in [0, 1]."""
-    return 10 * torch.log10(1 / (a - b).pow(2).flatten(1).mean(1))
 
 
 def skimage_crops(n: int = 4, size: int = 64, scale: float = 0.25, seed: int = 0) -> torch.Tensor:
