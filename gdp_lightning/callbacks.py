@@ -182,9 +182,8 @@ class RestorationWriter(Callback):
             self.write_item(item)
         # the loop keeps what predict_step returned: keep it small on long runs
         outputs["items"] = [{"name": item["name"]} for item in outputs["items"]]
-        outputs.pop("observation", None)
 
-    def write_item(self, item: Dict[str, Any], observation: Optional[torch.Tensor] = None) -> None:
+    def write_item(self, item: Dict[str, Any]) -> None:
         name = item["name"]
         out = self.directory
         results = item["results"]

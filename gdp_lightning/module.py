@@ -10,6 +10,7 @@ entry per image: the restored image (8-bit values), the learned φ, the final lo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -232,18 +233,25 @@ class GDPModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         items = getattr(datamodule, "items", None) or []
         if self._labels is not None:
-            missing = [it.name for it in items if it.name not in self._labels]
-            if missing:
-                raise InputError(f"--model.labels_file {self.labels_file}: no label for {missing[0]!r}; add a line "
-                                 f"'{missing[0]} <class>'")
-        has = {type(m) for m in self.degradation.modules()}
+            self._require_labels([it.name for it in items])
+        has_inpainting, has_blur = bool(self._operators(Inpainting)), bool(self._operators(Blur))
         for it in items:
-            if getattr(it, "mask", None) is not None and Inpainting not in has:
+            if getattr(it, "mask", None) is not None and not has_inpainting:
                 raise InputError(f"{it.mask}: a mask file, but the task has no inpainting operator; remove it or "
                                  "use an inpainting task")
-            if getattr(it, "kernel", None) is not None and Blur not in has:
+            if getattr(it, "kernel", None) is not None and not has_blur:
                 raise InputError(f"{it.kernel}: a kernel file, but the task has no blur operator; remove it or use "
                                  "a deblurring task")
+
+    def _operators(self, kind: type) -> List[nn.Module]:
+        """The parts of the degradation that are ``kind`` (itself, or inside a composition)."""
+        return [m for m in self.degradation.modules() if isinstance(m, kind)]
+
+    def _require_labels(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in self._labels]
+        if missing:
+            raise InputError(f"--model.labels_file {self.labels_file}: no label for {missing[0]!r}; add a line "
+                             f"'{missing[0]} <class>'")
 
     def _scale_suffixes(self) -> List[str]:
         scales = self.settings.scale_list()
@@ -285,10 +293,7 @@ class GDPModule(L.LightningModule):
         if self.class_label is not None:
             labels = [self.class_label] * len(names)
         elif self._labels is not None:
-            missing = [n for n in names if n not in self._labels]
-            if missing:
-                raise InputError(f"--model.labels_file {self.labels_file}: no label for {missing[0]!r}; add a line "
-                                 f"'{missing[0]} <class>'")
+            self._require_labels(names)
             labels = [self._labels[n] for n in names]
         elif self.random_labels:
             labels = [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + 0x1ABE1)))
@@ -317,8 +322,8 @@ class GDPModule(L.LightningModule):
 
     def _side_inputs(self, batch: Dict[str, Any], pad: tuple) -> None:
         """Per-image masks and kernels from side files go into the operators that use them."""
-        inpainting = [m for m in self.degradation.modules() if isinstance(m, Inpainting)]
-        kernel_ops = [m for m in self.degradation.modules() if isinstance(m, KernelOperator)]
+        inpainting = self._operators(Inpainting)
+        kernel_ops = self._operators(KernelOperator)
         mask = batch.get("mask")
         if mask is not None:
             if not inpainting:
@@ -332,7 +337,7 @@ class GDPModule(L.LightningModule):
         for op in kernel_ops:
             op.use_kernels(None)
         if kernels is not None and any(k is not None for k in kernels):
-            blurs = [m for m in kernel_ops if isinstance(m, Blur)]
+            blurs = self._operators(Blur)
             if not blurs:
                 raise InputError(f"{batch['name'][0]}: a kernel file was given but the task has no blur operator")
             base = blurs[0].initial_kernel
@@ -385,7 +390,7 @@ class GDPModule(L.LightningModule):
         gt = None if gt is None else gt.to(self.device, torch.float32)
         scales = self.settings.scale_list()
         gray_out = [m in ("L", "LA") for m in batch.get("mode", ["RGB"] * len(names))]
-        if any(isinstance(m, Colorization) for m in self.degradation.modules()):
+        if self._operators(Colorization):
             gray_out = [False] * len(names)
         items: List[Dict[str, Any]] = [
             {"name": n, "index": i, "seed": s, "path": p, "bits": b, "alpha": a, "gray": g, "results": []}
@@ -426,7 +431,7 @@ class GDPModule(L.LightningModule):
                     "losses": {k: float(v[b]) for k, v in result.losses.items()},
                     "metrics": {k: float(v[b]) for k, v in values.items()},
                 })
-        return {"items": items, "stage": stage, "observation": y[..., :oh, :ow].cpu()}
+        return {"items": items, "stage": stage}
 
     def _on_step(self, info: StepInfo, context: StepContext) -> None:
         trainer = self._trainer
@@ -456,7 +461,7 @@ class GDPModule(L.LightningModule):
             for item in out["items"]:
                 for name, value in item["results"][k]["metrics"].items():
                     key = f"{name}{suffix}"
-                    if key in self.eval_means and value == value and abs(value) != float("inf"):
+                    if key in self.eval_means and math.isfinite(value):
                         self.eval_means[key].update(torch.tensor(value, dtype=torch.float32))
         return out
 
