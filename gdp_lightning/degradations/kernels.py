@@ -12,6 +12,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from .files import read_array
+
 __all__ = ["gaussian_kernel", "gdp_gaussian_kernel", "uniform_kernel", "motion_kernel", "load_kernel"]
 
 
@@ -73,24 +75,7 @@ def load_kernel(path: Union[str, Path]) -> torch.Tensor:
     """A kernel from ``.npy``, ``.pt`` (a tensor), ``.txt``/``.csv`` (whitespace or comma separated) or an image
     (``.png``, ``.jpg``: gray levels); normalised to sum one."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such kernel file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            k = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float64))
-        elif suffix == ".pt":
-            k = torch.load(path, map_location="cpu", weights_only=True).double()
-        elif suffix in (".txt", ".csv"):
-            k = torch.from_numpy(np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2))
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                k = torch.from_numpy(np.asarray(im.convert("F"), dtype=np.float64))
-    except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
-        raise ValueError(f"{path}: cannot read a blur kernel ({e})") from None
-    k = k.squeeze()
+    k = read_array(path, "a blur kernel", "kernel", dtype=torch.float64, image_mode="F", text=True)
     if k.ndim != 2 or k.numel() == 0:
         raise ValueError(f"{path}: a blur kernel must be a 2-D array, got shape {tuple(k.shape)}")
     if (k < 0).any() or k.sum() <= 0:

@@ -8,6 +8,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from .files import read_array
+
 __all__ = ["random_mask", "box_mask", "load_mask", "permutation_mask"]
 
 
@@ -50,23 +52,7 @@ def load_mask(path: Union[str, Path]) -> torch.Tensor:
     """A mask from ``.npy`` (non-zero = observed, as the GDP/DDRM protocol masks), ``.pt`` or an image
     (white = observed, black = missing; a colour image is averaged, an alpha channel ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such mask file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            m = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-        elif suffix == ".pt":
-            m = torch.load(path, map_location="cpu", weights_only=True).float()
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                m = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32))
-            m = m / 255.0
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read an inpainting mask ({e})") from None
-    m = m.squeeze()
+    m = read_array(path, "an inpainting mask", "mask", dtype=torch.float32, image_mode="L", image_scale=1 / 255.0)
     if m.ndim == 3:  # channels first or last: observed where the mean is at least half
         m = m.mean(0 if m.shape[0] <= 4 else -1)
     if m.ndim != 2:
