@@ -164,6 +164,7 @@ def restore(
         module = build_module(task, prior, checkpoint, seed=seed, sampler=sampler, **model_options)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.setup("predict")
+    module._require_weights()
     module.to(device)
     single = isinstance(images, torch.Tensor)
     batches = [_as_batch_tensor(images)] if single else [_as_batch_tensor(im) for im in images]

@@ -1,14 +1,21 @@
-"""The LightningModule: GDP restoration of batches in ``predict``, ``validate`` and ``test``.
+"""The LightningModule: GDP restoration of batches in ``predict``, ``validate`` and ``test``; fine-tuning of the
+prior in ``fit``.
 
 A batch (see :class:`gdp_lightning.data.GDPDataModule`) holds observations ``y`` in [0, 1], their names and
 indices, and, in synthetic mode, the ground truth ``x``. Every step restores the batch with
 :class:`~gdp_lightning.sampling.GDPSampler` (one run per guidance scale when several are tried) and returns one
 entry per image: the restored image (8-bit values), the learned φ, the final loss terms and the metrics.
 :class:`gdp_lightning.callbacks.RestorationWriter` writes them; ``validate`` and ``test`` also log the metrics.
+
+``fit`` trains the UNet on batches of clean crops (``{"x": (B, 3, S, S) in [0, 1], "name", "index"}``) with the
+improved-DDPM loss and keeps an EMA of its weights (see :mod:`gdp_lightning.training`); its validation restores
+held-out images with the task's operator through the EMA weights (PSNR and a preview grid to TensorBoard) and
+draws a grid of unconditional samples.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -22,11 +29,21 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOperator
-from .diffusion import GaussianDiffusion
-from .errors import ConfigError, InputError
+from .diffusion import GaussianDiffusion, randn
+from .errors import ConfigError, GDPError, InputError
 from .metrics import ImageMetrics, to_8bit
-from .prior import PriorSpec, load_prior_weights
+from .prior import PriorSpec, load_prior_weights, save_state_dict
 from .sampling import GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
+from .training import (
+    TrainingSettings,
+    UniformTimesteps,
+    dropout_seed,
+    ema_decay_at,
+    make_timestep_sampler,
+    sample_generator,
+    update_ema,
+    warmup_factor,
+)
 
 __all__ = ["GDPModule", "SamplerSettings", "StepContext"]
 
@@ -128,6 +145,8 @@ class GDPModule(L.LightningModule):
     :param fid_feature_extractor: FID with a TorchScript feature extractor instead of Inception.
     :param trust_checkpoint: allow a checkpoint that needs arbitrary pickles (``torch.load(weights_only=False)``).
     :param progress: show the diffusion steps of each batch.
+    :param training: ``gdp fit``: how the prior is fine-tuned (learning rate, warm-up, timestep sampler, EMA,
+        gradient checkpointing, validation samples); the degradation is the task the validation restores.
     """
 
     def __init__(
@@ -148,17 +167,23 @@ class GDPModule(L.LightningModule):
         fid_feature_extractor: Optional[str] = None,
         trust_checkpoint: bool = False,
         progress: bool = True,
+        training: TrainingSettings = TrainingSettings(),  # noqa: B008 - a frozen default; jsonargparse shows it
     ):
         super().__init__()
         if isinstance(prior, dict):
             prior = PriorSpec.from_dict(prior)
         if isinstance(sampler, dict):
             sampler = SamplerSettings(**sampler)
+        if isinstance(training, dict):
+            training = TrainingSettings(**training)
         if precision is not None and precision not in PRECISIONS:
             raise ConfigError(f"--model.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if small_images not in ("pad", "error"):
             raise ConfigError(f"--model.small_images must be 'pad' or 'error', got {small_images!r}")
         self.save_hyperparameters(ignore=["degradation", "quality"])
+        # plain values only, so that checkpoints load with torch.load(weights_only=True)
+        self.hparams.update(prior=prior.to_dict(), sampler=dataclasses.asdict(sampler),
+                            training=dataclasses.asdict(training))
         self.prior = prior
         self.settings = sampler
         self.unet = prior.build_unet()
@@ -173,6 +198,14 @@ class GDPModule(L.LightningModule):
         self.metric_names = list(metrics)
         self.lpips_net, self.fid_feature_extractor = lpips_net, fid_feature_extractor
         self.trust_checkpoint, self.progress = trust_checkpoint, progress
+        self.training_settings = training
+        #: fit: the EMA of the UNet's weights (sampling, validation and export use it); ``None`` otherwise
+        self.ema_unet: Optional[nn.Module] = None
+        #: fit: draws the training timesteps (a module: the importance sampler's history is saved in checkpoints)
+        self.timestep_sampler: Optional[UniformTimesteps] = None
+        self._train_diffusion: Optional[GaussianDiffusion] = None
+        self._ema_step = -1
+        self._val_preview: Optional[Dict[str, torch.Tensor]] = None
         self.weights_loaded = False
         self._labels: Optional[Dict[str, int]] = None
         self._metrics: Optional[ImageMetrics] = None
@@ -204,22 +237,29 @@ class GDPModule(L.LightningModule):
             raise ConfigError(f"--model.class_label must be in 0..{self.unet.num_classes - 1}, got {self.class_label}")
 
     def load_weights(self) -> None:
-        """Load the prior's weights from ``prior.checkpoint`` (once)."""
-        if self.weights_loaded:
+        """Load the prior's weights from ``prior.checkpoint`` (once). Without one, the weights must come from the
+        trainer's ``--ckpt_path`` (checked when the stage starts)."""
+        if self.weights_loaded or not self.prior.checkpoint:
             return
-        if not self.prior.checkpoint:
-            raise ConfigError("the prior has no weights: give the checkpoint file with --model.prior.checkpoint FILE")
         load_prior_weights(self.unet, self.prior, self.prior.checkpoint, trust_checkpoint=self.trust_checkpoint)
         self.weights_loaded = True
 
+    def _require_weights(self) -> None:
+        if not self.weights_loaded:
+            raise ConfigError("the prior has no weights: give the checkpoint file with --model.prior.checkpoint FILE "
+                              "(or a gdp fit checkpoint with --ckpt_path FILE)")
+
     def setup(self, stage: str) -> None:
         self.load_weights()
-        if self.precision_name is not None:
-            self.unet.set_compute_dtype(PRECISIONS[self.precision_name])
-        if stage != "fit":
+        if stage == "fit":
+            self._setup_fit()
+        else:
+            if self.precision_name is not None:
+                self.unet.set_compute_dtype(PRECISIONS[self.precision_name])
             self.unet.requires_grad_(False)
             self.unet.eval()
-        self._unet_fn = torch.compile(self.unet) if self.compile_unet else self.unet
+        # not a submodule: the state dict (and every checkpoint) holds the UNet once, under "unet."
+        object.__setattr__(self, "_unet_fn", torch.compile(self.unet) if self.compile_unet and stage != "fit" else None)
         if self.labels_file is not None:
             self._labels = read_labels(self.labels_file)
         self._check_inputs()
@@ -257,11 +297,17 @@ class GDPModule(L.LightningModule):
         scales = self.settings.scale_list()
         return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
 
+    @property
+    def sampling_unet(self) -> nn.Module:
+        """The UNet that samples and restores: the EMA weights while fitting, else the (compiled) prior."""
+        if self.ema_unet is not None:
+            return self.ema_unet
+        return self._unet_fn if self._unet_fn is not None else self.unet
+
     def make_sampler(self, scale: float) -> GDPSampler:
         options = self.settings.sampler_options()
         options["tile_size"] = options["tile_size"] or self.unet.image_size
-        unet = self._unet_fn if self._unet_fn is not None else self.unet
-        return GDPSampler(unet, self.diffusion, self.degradation, scale, quality=self.quality,
+        return GDPSampler(self.sampling_unet, self.diffusion, self.degradation, scale, quality=self.quality,
                           progress=self._show_progress(), **options)
 
     def _show_progress(self) -> bool:
@@ -466,7 +512,10 @@ class GDPModule(L.LightningModule):
         return out
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
-        return self._eval_step(batch, batch_idx, "validate")
+        out = self._eval_step(batch, batch_idx, "validate")
+        if self.trainer.state.fn == "fit":
+            self._remember_preview(batch, out, batch_idx)
+        return out
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
         return self._eval_step(batch, batch_idx, "test")
@@ -488,18 +537,162 @@ class GDPModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("validate")
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._log_fit_validation()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
     def on_predict_start(self) -> None:
+        self._require_weights()
         self.require_gradients()
 
     def on_test_start(self) -> None:
+        self._require_weights()
         self.require_gradients()
 
     def on_validation_start(self) -> None:
+        self._require_weights()
         self.require_gradients()
+
+    # ------------------------------------------------------------ fine-tuning
+    def _setup_fit(self) -> None:
+        settings = self.training_settings
+        # the weights train in float32 (AdamW on float16 weights loses its small updates); --trainer.precision
+        # bf16-mixed runs the UNet in bfloat16 under autocast. The diffusion's tables stay float64.
+        self.unet.set_compute_dtype(torch.float32)
+        self.unet.set_gradient_checkpointing(settings.gradient_checkpointing)
+        self.unet.requires_grad_(True)
+        self.degradation.requires_grad_(False)
+        if self._train_diffusion is None:
+            self._train_diffusion = GaussianDiffusion.from_prior(self.prior)
+        if self.timestep_sampler is None:
+            self.timestep_sampler = make_timestep_sampler(settings.timestep_sampler,
+                                                          self._train_diffusion.num_timesteps)
+        if settings.ema_decay > 0 and self.ema_unet is None:
+            self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+            self.ema_unet.set_gradient_checkpointing(False)
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        settings = self.training_settings
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=settings.lr, betas=tuple(settings.betas),
+                                      weight_decay=settings.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_factor(step, settings.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        self._require_weights()
+        self._ema_step = self.trainer.global_step
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The improved-DDPM loss of a batch of clean crops; sample i's timestep and noise come from (seed, i)."""
+        x = batch["x"].to(self.device, torch.float32) * 2 - 1
+        n = x.shape[0]
+        indices = [int(i) for i in batch["index"]]
+        generators = [sample_generator(self.seed, i) for i in indices]
+        t, weights = self.timestep_sampler.sample(generators, self.device)
+        noise = randn(x.shape, generators).to(self.device)
+        # dropout draws from the global generator: seed it per step, so that a resumed run is the same run
+        torch.manual_seed(dropout_seed(self.seed, self.trainer.global_step, self.global_rank))
+        kwargs = {}
+        if self.unet.num_classes is not None:
+            kwargs["y"] = self.labels_for(list(batch["name"]), self.seeds_for(indices))
+        terms = self._train_diffusion.training_losses(self.unet, x, t, noise=noise, model_kwargs=kwargs)
+        loss = (terms["loss"] * weights).mean()
+        if not torch.isfinite(loss):
+            raise GDPError(f"the training loss is {loss.item()} at step {self.trainer.global_step}; lower "
+                           "--model.training.lr or set --trainer.gradient_clip_val")
+        if type(self.timestep_sampler) is not UniformTimesteps:
+            gathered_t = self.all_gather(t).flatten()
+            gathered_loss = self.all_gather(terms["loss"].detach().float()).flatten()
+            self.timestep_sampler.update(gathered_t.cpu(), gathered_loss.cpu())
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.mean().detach(), prog_bar=name == "loss", batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # one EMA update per optimizer step (not per batch when gradients accumulate)
+        step = self.trainer.global_step
+        if self.ema_unet is None or step <= self._ema_step:
+            return
+        settings = self.training_settings
+        update_ema(self.ema_unet, self.unet, ema_decay_at(step - 1, settings.ema_decay, settings.ema_warmup))
+        self._ema_step = step
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Fit resumes the EMA and the timestep history; the other stages restore with the EMA weights."""
+        state = checkpoint.get("state_dict", {})
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        ema = {k[len("ema_unet."):]: v for k, v in state.items() if k.startswith("ema_unet.")}
+        own = set(self.state_dict())
+        if fitting:
+            if self.ema_unet is not None and not ema:  # resuming a run without EMA: start the EMA from its weights
+                state.update({"ema_unet." + k[len("unet."):]: v for k, v in list(state.items())
+                              if k.startswith("unet.")})
+        elif ema:
+            state.update({"unet." + k: v for k, v in ema.items()})
+        for key in [k for k in state if k not in own and k.startswith(("ema_unet.", "timestep_sampler."))]:
+            del state[key]
+        self.weights_loaded = True
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_preview = None
+
+    def _remember_preview(self, batch: Dict[str, Any], out: Dict[str, Any], batch_idx: int) -> None:
+        if batch_idx != 0 or self._val_preview is not None or "x" not in batch:
+            return
+        restored = [item["results"][0]["image"] for item in out["items"]]
+        if any(r is None for r in restored):
+            return
+        self._val_preview = {"x": batch["x"].cpu(), "y": batch["y"][:, :3].cpu(), "restored": torch.stack(restored)}
+
+    def _log_fit_validation(self) -> None:
+        """TensorBoard: the first validation batch (ground truth | observation | restored) and unconditional
+        samples of the EMA weights (the same noise at every validation, so the grids show the prior change)."""
+        experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
+        if experiment is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        step = self.trainer.global_step
+        if self._val_preview is not None:
+            p = self._val_preview
+            size = p["restored"].shape[-2:]
+            y = F.interpolate(p["y"], size=size, mode="nearest") if p["y"].shape[-2:] != size else p["y"]
+            rows = torch.cat([p["x"], y, p["restored"]]).clamp(0, 1)
+            experiment.add_image("fit/restoration", make_grid(rows, nrow=len(p["x"]), padding=1), step)
+        if self.training_settings.val_samples > 0:
+            samples = self.draw_samples(self.training_settings.val_samples, self.training_settings.val_sample_steps)
+            nrow = max(1, int(math.ceil(math.sqrt(len(samples)))))
+            experiment.add_image("fit/samples", make_grid(samples, nrow=nrow, padding=1), step)
+
+    @torch.no_grad()
+    def draw_samples(self, num: int, steps: str = "50", batch_size: int = 16) -> torch.Tensor:
+        """``num`` unconditional samples of the sampling UNet in [0, 1] (sample i seeded by (seed, i))."""
+        diffusion = GaussianDiffusion.from_prior(self.prior, respacing=steps)
+        unet = self.sampling_unet
+        size = self.unet.image_size
+        out = []
+        for start in range(0, num, batch_size):
+            indices = list(range(start, min(num, start + batch_size)))
+            seeds = self.seeds_for(indices)
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            kwargs = {}
+            if self.unet.num_classes is not None:
+                kwargs["y"] = (torch.full((len(indices),), self.class_label, device=self.device)
+                               if self.class_label is not None else
+                               torch.tensor([int(torch.randint(self.unet.num_classes, (1,), generator=g))
+                                             for g in generators], device=self.device))
+            noise = torch.stack([randn((3, size, size), g) for g in generators]).to(self.device)
+            x = diffusion.sample(unet, noise=noise, generator=generators, model_kwargs=kwargs)
+            out.append(((x + 1) / 2).clamp(0, 1).float().cpu())
+        return torch.cat(out)
+
+    def export_prior(self, path: str, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the sampling weights (the EMA's while fitting) as a plain guided-diffusion state dict."""
+        return save_state_dict(self.ema_unet if self.ema_unet is not None else self.unet, path, dtype=dtype)
 
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""

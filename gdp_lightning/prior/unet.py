@@ -441,6 +441,14 @@ class UNetModel(nn.Module):
         self.compute_dtype = dtype
         return self
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> "UNetModel":
+        """Turn gradient checkpointing of every residual and attention block on or off (the ``use_checkpoint``
+        flag, changeable after building: it adds no parameters)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "use_checkpoint"):
+                m.use_checkpoint = bool(enabled)
+        return self
+
     def set_attention(self, attention: str) -> "UNetModel":
         """Choose the attention implementation: ``"sdpa"`` (default, fast) or ``"reference"`` (see AttentionBlock)."""
         if attention not in ("sdpa", "reference"):

@@ -1,0 +1,177 @@
+"""Fine-tuning the prior: the settings of ``gdp fit``, timestep samplers, the EMA of the weights, the learning rate.
+
+``gdp fit`` trains the UNet with the improved-DDPM objective of the diffusion core
+(:meth:`~gdp_lightning.diffusion.GaussianDiffusion.training_losses`: ε MSE plus the variational-bound term
+when the variance is learned), as guided-diffusion's training loop does: AdamW, a linear learning-rate warm-up,
+timesteps drawn uniformly or by importance (the loss-second-moment sampler of improved DDPM), and an exponential
+moving average (EMA) of the weights that sampling, validation and export use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = [
+    "TrainingSettings",
+    "UniformTimesteps",
+    "LossSecondMomentTimesteps",
+    "make_timestep_sampler",
+    "ema_decay_at",
+    "update_ema",
+    "warmup_factor",
+    "sample_generator",
+    "dropout_seed",
+]
+
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How ``gdp fit`` fine-tunes the prior (gradient clipping and precision are the trainer's:
+    ``--trainer.gradient_clip_val 1.0 --trainer.precision bf16-mixed``).
+
+    :param lr: AdamW learning rate after the warm-up (guided-diffusion trains at 1e-4; fine-tuning a few hundred
+        steps works with 1e-4 to 2e-5).
+    :param weight_decay: AdamW weight decay.
+    :param betas: AdamW betas.
+    :param warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
+    :param timestep_sampler: ``uniform``, or ``loss-second-moment`` (importance sampling: each timestep with
+        probability ∝ sqrt(E[loss²]) over its last 10 losses, mixed with 0.1 % uniform; uniform until every timestep
+        has 10 losses).
+    :param ema_decay: decay of the EMA of the weights (0 = no EMA: sampling and export use the trained weights).
+    :param ema_warmup: use decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so that a short fine-tuning
+        is not averaged away into the starting weights.
+    :param gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory, ~30 % slower).
+    :param val_samples: validation: unconditional samples logged to TensorBoard as a grid (0 = none).
+    :param val_sample_steps: validation: sampling steps of those samples (respacing string).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    timestep_sampler: str = "uniform"
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    gradient_checkpointing: bool = False
+    val_samples: int = 16
+    val_sample_steps: str = "50"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"--model.training.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--model.training.warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
+            raise ConfigError(f"--model.training.timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, "
+                              f"got {self.timestep_sampler!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--model.training.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.val_samples < 0:
+            raise ConfigError(f"--model.training.val_samples must be 0 or more, got {self.val_samples}")
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear from 1/warmup to 1, then 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of update number ``updates`` (0-based)."""
+    if not warmup:
+        return decay
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema ← decay · ema + (1 − decay) · model`` for every parameter; buffers are copied."""
+    ema_params = list(ema.parameters())
+    params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+class UniformTimesteps(nn.Module):
+    """Timesteps drawn uniformly; every loss weighs 1."""
+
+    def __init__(self, num_timesteps: int):
+        super().__init__()
+        self.num_timesteps = num_timesteps
+
+    def weights(self) -> torch.Tensor:
+        return torch.ones(self.num_timesteps, dtype=torch.float64)
+
+    def sample(self, generators: Sequence[torch.Generator], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(t, weight)``: one timestep per generator, ``(N,)`` long, and the importance weights ``(N,)`` float32
+        of their losses."""
+        w = self.weights()
+        p = w / w.sum()
+        t = torch.cat([torch.multinomial(p, 1, generator=g) for g in generators])
+        weight = 1.0 / (len(p) * p[t])
+        return t.to(device), weight.float().to(device)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record the losses of the timesteps ``t`` (of every process)."""
+
+
+class LossSecondMomentTimesteps(UniformTimesteps):
+    """Importance sampling of improved DDPM: p(t) ∝ sqrt(mean of the last ``history`` losses² at t), mixed with
+    ``uniform_prob`` of uniform; uniform until every timestep has ``history`` losses. The history is a buffer, so
+    it is saved in checkpoints and a resumed run samples as the interrupted one would have."""
+
+    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
+        super().__init__(num_timesteps)
+        self.history, self.uniform_prob = history, uniform_prob
+        self.register_buffer("loss_history", torch.zeros(num_timesteps, history, dtype=torch.float64))
+        self.register_buffer("loss_counts", torch.zeros(num_timesteps, dtype=torch.long))
+
+    def warmed_up(self) -> bool:
+        return bool((self.loss_counts >= self.history).all())
+
+    def weights(self) -> torch.Tensor:
+        if not self.warmed_up():
+            return torch.ones(self.num_timesteps, dtype=torch.float64)
+        w = self.loss_history.cpu().pow(2).mean(-1).sqrt()
+        w = w / w.sum()
+        return w * (1 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+
+    @torch.no_grad()
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        for step, loss in zip(t.flatten().tolist(), losses.flatten().double().tolist()):
+            count = int(self.loss_counts[step])
+            if count == self.history:  # drop the oldest
+                self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()
+                self.loss_history[step, -1] = loss
+            else:
+                self.loss_history[step, count] = loss
+                self.loss_counts[step] += 1
+
+
+def make_timestep_sampler(name: str, num_timesteps: int) -> UniformTimesteps:
+    if name == "uniform":
+        return UniformTimesteps(num_timesteps)
+    if name == "loss-second-moment":
+        return LossSecondMomentTimesteps(num_timesteps)
+    raise ConfigError(f"--model.training.timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, got {name!r}")
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of training sample ``index``'s timestep and noise: a function of (seed, index) only, so a
+    step trains on the same (crop, timestep, noise) triples however many processes share it and after a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index + (1 << 42)) % 2**63)
+
+
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global generator (dropout) at a training step of a process."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank + (1 << 43)) % 2**63
