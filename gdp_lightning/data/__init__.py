@@ -16,8 +16,10 @@ from .datasets import (
 )
 from .images import DataError, ImageFile, read_image, write_image
 from .module import GDPDataModule, RestorationBatches, item_seed, quantize_observation, resize_and_center_crop
+from .training import CropSampler, TrainingCrops
 
 __all__ = [
+    "CropSampler",
     "DataError",
     "GDPDataModule",
     "IMAGE_EXTENSIONS",
@@ -27,6 +29,7 @@ __all__ = [
     "MASK_EXTENSIONS",
     "RestorationBatches",
     "ShardSampler",
+    "TrainingCrops",
     "check_image",
     "find_inputs",
     "group_batches",
