@@ -113,6 +113,8 @@ class RestorationWriter(Callback):
         return Path(trainer.default_root_dir) / "outputs"
 
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        if stage == "fit":  # fine-tuning writes checkpoints, not restorations
+            return
         self._dir = self.resolve_directory(trainer)
         self._rank = trainer.global_rank
         items = getattr(trainer.datamodule, "items", None) or []
@@ -325,6 +327,7 @@ class TrajectoryLogger(Callback):
     TensorBoard with ``--samples_per_plugin images=1000`` to keep every step), the grid of that trajectory
     under ``trajectory/<name>``, and at every step the loss terms (``loss/<name>/<term>``) and φ
     (``phi/<name>/<φ>``: the value of a scalar, the mean of a larger tensor; the maximum of a kernel).
+    Not during ``gdp fit``, whose validation logs its own grids (``fit/restoration``, ``fit/samples``).
 
     :param every_n_steps: x̃0 every this many steps (and the last one).
     :param num_images: images per batch to follow.
@@ -348,6 +351,8 @@ class TrajectoryLogger(Callback):
 
     def on_diffusion_step(self, trainer, pl_module, info, context) -> None:
         if context.batch_idx >= self.num_batches or not trainer.is_global_zero or self.num_images <= 0:
+            return
+        if trainer.state.fn == "fit":
             return
         experiment = self._experiment(trainer)
         if experiment is None:

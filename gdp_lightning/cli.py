@@ -2,6 +2,10 @@
 
 ``gdp predict --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml --data.input_dir photos/``
 
+``gdp fit --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml --config configs/finetune.yaml
+--data.input_dir clean_photos/`` fine-tunes the prior; ``gdp export CHECKPOINT OUTPUT`` writes its EMA weights as
+a plain guided-diffusion state dict.
+
 Configs compose left to right; every option can be overridden on the command line. Besides ``model``,
 ``data`` and ``trainer``, the options hold ``writer`` (:class:`RestorationWriter`: where the outputs go,
 resume) and ``trajectory`` (:class:`TrajectoryLogger`: what goes to TensorBoard).
@@ -20,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from . import __version__
 from .callbacks import RestorationWriter, TrajectoryLogger
 from .data import GDPDataModule
-from .errors import ConfigError, GDPError
+from .errors import GDPError
 from .module import GDPModule
 
 __all__ = ["GDPCLI", "main", "USER_ERRORS"]
@@ -62,12 +66,6 @@ class GDPCLI(LightningCLI):
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
 
-    def before_fit(self) -> None:
-        raise ConfigError(
-            "this version restores images (gdp predict, validate, test); fine-tuning the prior with gdp fit is not "
-            "available yet"
-        )
-
     def _run_subcommand(self, subcommand: str) -> None:
         # the resolved config goes into the run record beside the outputs
         config = self.config.get(subcommand, self.config) if subcommand else self.config
@@ -92,9 +90,36 @@ def _user_errors() -> tuple:
 USER_ERRORS = _user_errors()
 
 
+def export_main(argv: Sequence[str]) -> int:
+    """``gdp export CHECKPOINT OUTPUT``: the prior's weights (the EMA's, when the checkpoint has them) as a plain
+    guided-diffusion state dict, which loads with ``model.load_state_dict(torch.load(OUTPUT))`` in guided-diffusion
+    and as ``--model.prior.checkpoint OUTPUT`` here."""
+    import argparse
+
+    import torch
+
+    from .prior import export_checkpoint
+
+    parser = argparse.ArgumentParser(prog="gdp export", description=export_main.__doc__.split("\n")[0].split(": ", 1)[1])
+    parser.add_argument("checkpoint", help="a gdp fit checkpoint (.ckpt) or any checkpoint the prior loads")
+    parser.add_argument("output", help="the state dict file to write (.pt)")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                        help="value type of the weights (float16 halves the file; loads into float32 models)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow a checkpoint that needs arbitrary pickles (torch.load weights_only=False)")
+    args = parser.parse_args(list(argv))
+    path, info = export_checkpoint(args.checkpoint, args.output, dtype=getattr(torch, args.dtype),
+                                   trust_checkpoint=args.trust_checkpoint)
+    print(f"wrote {path}: {info}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gdp``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:1] == ["export"]:
+            return export_main(args[1:])
         GDPCLI(args=argv)
     except USER_ERRORS as e:
         if os.environ.get("GDP_DEBUG"):

@@ -5,6 +5,7 @@ Knows nothing of diffusion math, tasks or Lightning.
 
 from .checkpoint import (
     CheckpointError,
+    export_checkpoint,
     export_state_dict,
     extract_unet_state_dict,
     load_prior,
@@ -27,6 +28,7 @@ __all__ = [
     "UNetFlags",
     "UNetModel",
     "create_model",
+    "export_checkpoint",
     "export_state_dict",
     "extract_unet_state_dict",
     "get_preset",

@@ -38,6 +38,7 @@ __all__ = [
     "matching_presets",
     "export_state_dict",
     "save_state_dict",
+    "export_checkpoint",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -241,3 +242,33 @@ def save_state_dict(
     with atomic_path(path) as tmp:
         torch.save(sd, tmp)
     return path
+
+
+def export_checkpoint(
+    checkpoint: PathLike, output: PathLike, *, dtype: torch.dtype = torch.float32, trust_checkpoint: bool = False
+) -> Tuple[Path, str]:
+    """Write the UNet of ``checkpoint`` (the EMA weights of a ``gdp fit`` checkpoint) as a plain guided-diffusion
+    state dict at ``output``; returns the path and a one-line description.
+
+    A ``gdp fit`` checkpoint records its prior: the weights are checked against the UNet of that prior (strictly,
+    on the meta device) before anything is written.
+    """
+    obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
+    if _ANCHOR not in state_dict:
+        raise CheckpointError(f"{checkpoint}: holds no guided-diffusion UNet (no {_ANCHOR}); give a gdp fit checkpoint "
+                              "or a prior's state dict")
+    which = "weights"
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        which = "EMA weights" if any(k.startswith("ema_unet.") for k in obj["state_dict"]) else "trained weights"
+        prior = (obj.get("hyper_parameters") or {}).get("prior")
+        if isinstance(prior, Mapping):
+            spec = PriorSpec.from_dict(prior)
+            with torch.device("meta"):
+                model = spec.build_unet()
+            load_unet_weights(model, {k: v.to("meta") for k, v in state_dict.items()}, source=str(checkpoint))
+    path = save_state_dict(state_dict, output, dtype=dtype)
+    count = sum(v.numel() for v in state_dict.values())
+    fits = matching_presets(state_dict)
+    preset = f"; architecture of preset {fits[0]!r}" if fits else ""
+    return path, f"{which}, {len(state_dict)} tensors, {count / 1e6:.2f} M values, {str(dtype).split('.')[-1]}{preset}"
