@@ -5,6 +5,9 @@ result depends only on (seed, index): with one image per batch the outputs are b
 number of processes. The batches themselves are formed before sharding, so with larger batches the outputs
 are also identical across process counts; against one image per batch they differ by the UNet's float
 arithmetic on other batch shapes, far below one 8-bit level (asserted below).
+
+``gdp fit`` on two processes takes the same training samples per step as one process with the same global
+batch, with the same timesteps and noise (asserted on the weights after three steps).
 """
 
 from __future__ import annotations
@@ -108,3 +111,42 @@ def test_larger_batches_two_processes(setup_dir):
         assert np.array_equal(one_b2[name], two_b2[name]), name  # same batches, any number of processes
     diffs = [np.abs(one_b1[n].astype(float) - one_b2[n].astype(float)).mean() for n in one_b1]
     assert max(diffs) < 1.0, diffs  # batch composition changes the UNet's arithmetic, not the 8-bit result
+
+
+def _fit_args(root: Path, logs: Path, batch_size: int):
+    photos = root / "train"
+    if not photos.is_dir():
+        g = torch.Generator().manual_seed(4)
+        for i in range(5):
+            write_image(photos / f"p{i}.png", torch.rand(3, 48, 40, generator=g))
+    return [
+        "fit", "--config", str(root / "tiny.yaml"), "--config", str(REPO / "configs/task/sr4.yaml"),
+        "--config", str(REPO / "configs/finetune.yaml"), "--data.input_dir", str(photos),
+        "--data.batch_size", str(batch_size), "--data.epoch_size", "8", "--trainer.max_steps", "3",
+        "--trainer.limit_val_batches", "0", "--model.training.warmup_steps", "0", "--model.training.lr", "1e-3",
+        "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.version", "run",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]
+
+
+def test_fit_on_two_processes_trains_the_one_process_model(setup_dir):
+    """Step k takes the global samples 4k..4k+3 and sample i's timestep and noise come from (seed, i): two
+    processes with batches of 2 make the same steps as one process with batches of 4."""
+    root = setup_dir
+    assert main(_fit_args(root, root / "fit_one", 4) + ["--trainer.devices", "1"]) == 0
+    cmd = [sys.executable, "-m", "gdp_lightning", *_fit_args(root, root / "fit_two", 2),
+           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = torch.load(root / "tiny.pt", weights_only=True)
+    one = torch.load(root / "fit_one/finetune/run/checkpoints/last.ckpt", weights_only=True)
+    two = torch.load(root / "fit_two/finetune/run/checkpoints/last.ckpt", weights_only=True)
+    assert one["global_step"] == two["global_step"] == 3
+    # Adam's first steps move each weight by about ±lr whatever the size of its gradient: compare the moves
+    moved_one = torch.cat([(one["state_dict"][f"unet.{k}"] - v).flatten() for k, v in start.items()])
+    moved_two = torch.cat([(two["state_dict"][f"unet.{k}"] - v).flatten() for k, v in start.items()])
+    assert moved_one.abs().mean() > 1e-4
+    differ = ((moved_one - moved_two).abs() > 1e-5).float().mean().item()
+    assert differ < 0.01, differ

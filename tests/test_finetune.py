@@ -1,0 +1,412 @@
+"""Fine-tuning the prior: ``gdp fit`` (loss, resume, validation logs, precision), ``gdp export``, the pieces of
+:mod:`gdp_lightning.training`, the fit side of the data module, and the demo config.
+
+The runs use a tiny random prior (32x32) and 3 to 20 training steps in-process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gdp_lightning.benchmark import skimage_crops
+from gdp_lightning.cli import main
+from gdp_lightning.data import GDPDataModule, write_image
+from gdp_lightning.data.images import DataError
+from gdp_lightning.diffusion import GaussianDiffusion
+from gdp_lightning.errors import ConfigError
+from gdp_lightning.prior import PriorSpec, create_model, read_checkpoint
+from gdp_lightning.training import (
+    LossSecondMomentTimesteps,
+    TrainingSettings,
+    UniformTimesteps,
+    ema_decay_at,
+    update_ema,
+    warmup_factor,
+)
+
+from .conftest import REPO, fixture_files
+from .helpers import TINY, _tiny
+
+FINETUNE = REPO / "configs" / "finetune.yaml"
+SR4 = REPO / "configs" / "task" / "sr4.yaml"
+QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gdp"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict:
+    """Six clean 64x64 photos to train on and two held out."""
+    crops = skimage_crops(8, size=64, seed=5)
+    train, held = tmp_path_factory.mktemp("train"), tmp_path_factory.mktemp("held")
+    for i, crop in enumerate(crops):
+        write_image((train if i < 6 else held) / f"p{i}.png", crop)
+    return {"train": train, "held": held}
+
+
+def prior_config(folder: Path, flags: dict, state_dict: dict, name: str = "tiny") -> Path:
+    weights = folder / f"{name}.pt"
+    torch.save(state_dict, weights)
+    config = folder / f"{name}.yaml"
+    spec = {"name": name, "unet": flags, "diffusion": {"diffusion_steps": 1000}, "checkpoint": str(weights)}
+    config.write_text(yaml.safe_dump({"model": {"prior": spec}}))
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return prior_config(tmp_path_factory.mktemp("tiny"), TINY, _tiny().state_dict())
+
+
+def fit(capfd, prior: Path, logs: Path, photos: dict, *options: str, steps: int = 8, validate: bool = False):
+    """``gdp fit`` on the tiny prior: batches of 4 crops, 4 steps an epoch; returns the checkpoint folder."""
+    argv = ["fit", "--config", str(prior), "--config", str(SR4), "--config", str(FINETUNE),
+            "--data.input_dir", str(photos["train"]), "--data.batch_size", "4", "--data.epoch_size", "16",
+            "--trainer.max_steps", str(steps), "--model.sampler.steps", "3", "--model.sampler.scale", "1000",
+            "--model.training.val_samples", "3", "--model.training.val_sample_steps", "3",
+            "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.version", "run", *QUIET]
+    if validate:
+        argv += ["--data.val_dir", str(photos["held"])]
+    else:
+        argv += ["--trainer.limit_val_batches", "0"]
+    rc = main(argv + list(options))
+    err = capfd.readouterr().err
+    assert rc == 0, err
+    return logs / "finetune" / "run" / "checkpoints"
+
+
+def fixed_loss(weights: dict, flags: dict, photos: dict) -> float:
+    """The hybrid loss of a UNet on fixed crops, timesteps and noise."""
+    model = create_model(**flags)
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    model.eval()
+    from gdp_lightning.data import TrainingCrops
+
+    crops = TrainingCrops(sorted(photos["train"].glob("*.png")), flags["image_size"], 16, seed=99)
+    x = torch.stack([crops[i]["x"] for i in range(16)]) * 2 - 1
+    diffusion = GaussianDiffusion.from_prior(PriorSpec.from_dict({"unet": flags}))
+    t = torch.linspace(0, 999, 16).long()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return float(diffusion.training_losses(model, x, t, noise=noise)["loss"].mean())
+
+
+def state(path: Path) -> dict:
+    return read_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------------------------ gdp fit
+def test_fit_lowers_the_loss_and_export_holds_the_ema(tiny, photos, tmp_path, capfd):
+    before = torch.load(yaml.safe_load(tiny.read_text())["model"]["prior"]["checkpoint"], weights_only=True)
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.lr", "3e-3",
+                      "--model.training.warmup_steps", "2", steps=30)
+    ckpt = state(checkpoints / "last.ckpt")
+    assert ckpt["global_step"] == 30
+    exported = tmp_path / "prior.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(exported)]) == 0
+    assert "EMA weights" in capfd.readouterr().out
+    after = torch.load(exported, weights_only=True)
+    # the export is the EMA, which differs from the trained weights and from the start
+    ema = {k[len("ema_unet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_unet.")}
+    trained = {k[len("unet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")}
+    assert list(after) == list(before) == list(ema)
+    assert all(torch.equal(after[k], ema[k]) for k in after)
+    assert any(not torch.equal(ema[k], trained[k]) for k in ema)
+    loss_before, loss_after = fixed_loss(before, TINY, photos), fixed_loss(after, TINY, photos)
+    loss_trained = fixed_loss(trained, TINY, photos)
+    assert loss_after < 0.7 * loss_before, (loss_before, loss_after)
+    assert loss_trained < 0.7 * loss_before, (loss_before, loss_trained)
+
+
+def test_resume_continues_the_same_run(tiny, photos, tmp_path, capfd):
+    straight = fit(capfd, tiny, tmp_path / "a", photos, steps=12)
+    first = fit(capfd, tiny, tmp_path / "b", photos, steps=8)
+    assert state(first / "last.ckpt")["global_step"] == 8
+    resumed = fit(capfd, tiny, tmp_path / "b", photos, "--ckpt_path", str(first / "last.ckpt"), steps=12)
+    a, b = state(straight / "last.ckpt"), state(resumed / "last.ckpt")
+    assert b["global_step"] == 12
+    assert b["optimizer_states"][0]["state"][0]["step"].item() == 12
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    assert any(k.startswith("ema_unet.") for k in b["state_dict"])
+    # seeded crops, timesteps, noise and dropout per step: the resumed run is the uninterrupted one
+    for key in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_fit_validation_logs_samples_restorations_and_psnr(tiny, photos, tmp_path, capfd):
+    fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.log_every_n_steps", "1", validate=True, steps=8)
+    files = sorted((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert len(files) == 1
+    acc = EventAccumulator(str(files[0]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert {"fit/samples", "fit/restoration"} <= set(acc.Tags()["images"])
+    assert [e.step for e in acc.Images("fit/samples")] == [4, 8]
+    restoration = acc.Images("fit/restoration")[-1]
+    # a grid of 3 rows (ground truth, observation, restored) of the 2 held-out images at the prior's 32x32
+    assert restoration.height == 3 * 33 + 1 and restoration.width == 2 * 33 + 1
+    scalars = set(acc.Tags()["scalars"])
+    assert {"validate/psnr", "train/loss", "train/mse", "train/vb", "train/lr"} <= scalars
+    psnr = [e.value for e in acc.Scalars("validate/psnr")]
+    assert len(psnr) == 2 and all(5 < v < 60 for v in psnr)
+    lr = [e.value for e in acc.Scalars("train/lr")]
+    assert lr[0] == pytest.approx(1e-4 / 50) and lr == sorted(lr)  # the warm-up of configs/finetune.yaml
+
+
+def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp_path, capfd):
+    from gdp_lightning.module import GDPModule
+
+    seen = {}
+    original = GDPModule.training_step
+
+    def spy(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["weights"] = {p.dtype for p in self.unet.parameters()}
+        seen["tables"] = {v.dtype for v in self._train_diffusion._tables.values()}
+        seen["loss"] = loss.dtype
+        return loss
+
+    GDPModule.training_step = spy
+    try:
+        fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.precision", "bf16-mixed",
+            "--model.training.gradient_checkpointing", "true", steps=2)
+    finally:
+        GDPModule.training_step = original
+    assert seen == {"autocast": True, "weights": {torch.float32}, "tables": {torch.float64}, "loss": torch.float32}
+
+
+@pytest.mark.parametrize("path", fixture_files("unet_golden"), ids=lambda p: p.name)
+def test_export_has_the_reference_keys_and_reloads_to_the_same_outputs(path, photos, tmp_path, capfd):
+    fixture = torch.load(path, weights_only=True)
+    flags = {k: v for k, v in fixture["flags"].items()}
+    prior = prior_config(tmp_path, flags, fixture["state_dict"], name="golden")
+    options = ["--model.class_label", "0"] if flags.get("class_cond") else []
+    checkpoints = fit(capfd, prior, tmp_path / "logs", photos, "--model.training.lr", "1e-3", *options, steps=2)
+    exported = tmp_path / "exported.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(exported)]) == 0
+    sd = torch.load(exported, weights_only=True)
+    # the keys, their order and shapes of the reference's create_model for these flags
+    assert list(sd) == list(fixture["state_dict"])
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in fixture["state_dict"].items()}
+    assert any(not torch.equal(sd[k], fixture["state_dict"][k]) for k in sd)  # it was fine-tuned
+    reloaded = create_model(**flags)
+    reloaded.load_state_dict(sd, strict=True)
+    from_checkpoint = create_model(**flags)
+    from gdp_lightning.prior import load_prior_weights
+
+    load_prior_weights(from_checkpoint, PriorSpec.from_dict({"unet": flags}), checkpoints / "last.ckpt")
+    kwargs = {"y": fixture["y"]} if fixture.get("y") is not None else {}
+    with torch.no_grad():
+        a = reloaded.eval()(fixture["x"], fixture["t"], **kwargs)
+        b = from_checkpoint.eval()(fixture["x"], fixture["t"], **kwargs)
+    assert torch.equal(a, b)
+
+
+def test_export_in_half_precision_and_its_errors(tiny, photos, tmp_path, capfd):
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, steps=2)
+    half = tmp_path / "half.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(half), "--dtype", "float16"]) == 0
+    capfd.readouterr()
+    assert {v.dtype for v in torch.load(half, weights_only=True).values()} == {torch.float16}
+    # not a UNet
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3)}, other)
+    assert main(["export", str(other), str(tmp_path / "x.pt")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gdp: error: ") and "other.pt" in err[-1] and "no guided-diffusion UNet" in err[-1]
+    assert not (tmp_path / "x.pt").exists()
+    # weights that do not fit the prior the checkpoint records
+    ckpt = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["prior"]["unet"]["num_channels"] = 64
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    assert main(["export", str(bad), str(tmp_path / "y.pt")]) == 2
+    assert "does not fit the UNet" in capfd.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
+
+
+def test_predict_with_a_fit_checkpoint_uses_its_ema(tiny, photos, tmp_path, capfd):
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.lr", "1e-3", steps=4)
+    outputs = {}
+    for how, options in (("prior", ["--model.prior.checkpoint", str(checkpoints / "last.ckpt")]),
+                         ("ckpt_path", ["--ckpt_path", str(checkpoints / "last.ckpt")])):
+        out = tmp_path / how
+        rc = main(["predict", "--config", str(tiny), "--config", str(SR4), "--data.input_dir", str(photos["held"]),
+                   "--data.mode", "synthetic", "--data.crop_size", "32", "--model.sampler.steps", "3",
+                   "--model.sampler.scale", "1000", "--writer.output_dir", str(out), *QUIET,
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "plogs"), *options])
+        assert rc == 0, capfd.readouterr().err
+        outputs[how] = [p.read_bytes() for p in sorted(out.glob("p*.png"))]
+    assert len(outputs["prior"]) == 2 and outputs["prior"] == outputs["ckpt_path"]
+
+
+# ----------------------------------------------------------------------------------------- the pieces
+def test_warmup_and_ema_decay():
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    assert ema_decay_at(0, 0.9999, True) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.9999, True) == pytest.approx(91 / 100)
+    assert ema_decay_at(10**7, 0.9999, True) == 0.9999
+    assert ema_decay_at(0, 0.99, False) == 0.99
+
+
+def test_update_ema_is_the_exponential_average():
+    ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    start = [p.detach().clone() for p in ema.parameters()]
+    update_ema(ema, model, 0.75)
+    for e, s, m in zip(ema.parameters(), start, model.parameters()):
+        torch.testing.assert_close(e, 0.75 * s + 0.25 * m.detach())
+
+
+def test_uniform_timesteps_have_unit_weights():
+    sampler = UniformTimesteps(1000)
+    t, w = sampler.sample([torch.Generator().manual_seed(i) for i in range(4096)], torch.device("cpu"))
+    assert t.min() >= 0 and t.max() < 1000 and torch.all(w == 1)
+    assert abs(t.float().mean().item() - 499.5) < 15
+
+
+def test_loss_second_moment_sampler():
+    sampler = LossSecondMomentTimesteps(4, history=2, uniform_prob=0.0)
+    sampler.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, 1.0, 1.0]))
+    assert not sampler.warmed_up() and torch.all(sampler.weights() == 1)
+    # t=3 gets losses 4 and 4, the others 1 and 1: then t=0 gets 3 (drops its oldest 1)
+    sampler.update(torch.tensor([0, 1, 2, 3, 3]), torch.tensor([1.0, 1.0, 1.0, 4.0, 4.0]))
+    assert sampler.warmed_up()
+    torch.testing.assert_close(sampler.weights(), torch.tensor([1, 1, 1, 4], dtype=torch.float64) / 7)
+    sampler.update(torch.tensor([0]), torch.tensor([3.0]))
+    assert sampler.loss_history[0].tolist() == [1.0, 3.0]
+    expected = torch.tensor([5 ** 0.5, 1, 1, 4], dtype=torch.float64)
+    torch.testing.assert_close(sampler.weights(), expected / expected.sum())
+    t, w = sampler.sample([torch.Generator().manual_seed(i) for i in range(5000)], torch.device("cpu"))
+    share = (t == 3).float().mean().item()
+    assert abs(share - 4 / expected.sum().item()) < 0.02
+    # importance weights keep the loss unbiased: weight = 1 / (T p(t))
+    torch.testing.assert_close(w[t == 3][0], torch.tensor(1 / (4 * 4 / expected.sum().item()), dtype=torch.float32))
+    # the history is a buffer: it is saved in checkpoints and restored on resume
+    copy = LossSecondMomentTimesteps(4, history=2, uniform_prob=0.0)
+    copy.load_state_dict(sampler.state_dict())
+    assert torch.equal(copy.weights(), sampler.weights())
+
+
+def test_fit_with_importance_sampling(tiny, photos, tmp_path, capfd):
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.timestep_sampler",
+                      "loss-second-moment", steps=3)
+    sd = state(checkpoints / "last.ckpt")["state_dict"]
+    assert int(sd["timestep_sampler.loss_counts"].sum()) == 12  # 3 steps of 4 losses each
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    grads = []
+    for enabled in (False, True):
+        model = _tiny().train()
+        model.set_gradient_checkpointing(enabled)
+        torch.manual_seed(1)
+        model(x, t).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"lr": 0}, "--model.training.lr"),
+    ({"warmup_steps": -1}, "--model.training.warmup_steps"),
+    ({"timestep_sampler": "importance"}, "--model.training.timestep_sampler"),
+    ({"ema_decay": 1.0}, "--model.training.ema_decay"),
+])
+def test_bad_training_settings(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingSettings(**bad)
+
+
+def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
+    base = ["fit", "--config", str(tiny), "--config", str(SR4), "--config", str(FINETUNE), *QUIET,
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cases = [
+        (["--data.input_dir", str(tmp_path / "nowhere")], "nowhere"),
+        (["--data.input_dir", str(photos["train"]), "--data.val_split", "6"], "--data.val_split"),
+        (["--data.input_dir", str(photos["train"]), "--data.train_scales", "[0.5, 0.25]"], "--data.train_scales"),
+    ]
+    for options, needle in cases:
+        assert main(base + options) == 2
+        lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert lines[-1].startswith("gdp: error: ") and needle in lines[-1], lines[-1]
+
+
+# ---------------------------------------------------------------------------------------- data module
+def _fit_data(photos, **options) -> GDPDataModule:
+    class Trainer:  # what the data module asks of the trainer in fit: the model's size and operator, the step
+        global_step, accumulate_grad_batches, world_size = 0, 1, 1
+
+        class lightning_module:
+            class unet:
+                image_size = 32
+            degradation = None
+
+    data = GDPDataModule(input_dir=str(photos["train"]), batch_size=2, epoch_size=6, **options)
+    data.trainer = Trainer()
+    return data
+
+
+def test_fit_data_holds_out_a_seeded_split(photos):
+    data = _fit_data(photos, val_split=2, seed=3)
+    from gdp_lightning.degradations import SuperResolution
+
+    data.degradation = SuperResolution(4)
+    data.setup("fit")
+    held = [item.name for item in data.items]
+    assert len(held) == 2 and len(data.train_paths) == 4
+    assert not {Path(p).stem for p in data.train_paths} & set(held)
+    again = _fit_data(photos, val_split=1 / 3, seed=3)
+    again.degradation = SuperResolution(4)
+    again.setup("fit")
+    assert [item.name for item in again.items] == held  # a fraction of 6 = 2: the same seeded choice
+    batch = next(iter(data.train_dataloader()))
+    assert batch["x"].shape == (2, 3, 32, 32) and len(batch["name"]) == 2
+    val = next(iter(data.val_dataloader()))
+    assert val["x"].shape == (2, 3, 32, 32) and val["y"].shape == (2, 3, 8, 8)
+
+
+def test_fit_data_without_model_is_refused(photos):
+    data = GDPDataModule(input_dir=str(photos["train"]))
+    with pytest.raises(DataError, match="image size"):
+        data.setup("fit")
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def test_demo_config_runs_end_to_end(tmp_path, capfd):
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    checkpoint = REPO / config["model"]["prior"]["checkpoint"]
+    inputs = REPO / config["data"]["input_dir"]
+    assert checkpoint.is_file() and checkpoint.stat().st_size <= 25 * 2**20
+    names: List[str] = sorted(p.stem for p in inputs.glob("*.png"))
+    assert len(names) >= 4
+    out = tmp_path / "out"
+    rc = main(["predict", "--config", str(REPO / "configs" / "demo.yaml"), "--model.prior.checkpoint",
+               str(checkpoint), "--data.input_dir", str(inputs), "--model.sampler.steps", "3",
+               "--writer.output_dir", str(out), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *QUIET])
+    assert rc == 0, capfd.readouterr().err
+    assert sorted(p.stem for p in out.glob("*.png")) == names
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("name") and "psnr" in rows[0] and len(rows) == len(names) + 1
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
