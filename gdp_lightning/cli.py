@@ -31,7 +31,8 @@ __all__ = ["GDPCLI", "main", "USER_ERRORS"]
 
 DESCRIPTION = (
     "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
-    "(GDP, Fei et al., CVPR 2023)."
+    "(GDP, Fei et al., CVPR 2023). predict/validate/test restore, fit fine-tunes the prior; "
+    "'gdp export CHECKPOINT OUTPUT' writes a fit checkpoint's EMA weights as a guided-diffusion state dict."
 )
 
 TRAINER_DEFAULTS = {
@@ -100,7 +101,9 @@ def export_main(argv: Sequence[str]) -> int:
 
     from .prior import export_checkpoint
 
-    parser = argparse.ArgumentParser(prog="gdp export", description=export_main.__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="gdp export", description="Write the prior's weights of CHECKPOINT (the EMA weights of a gdp fit "
+        "checkpoint) as a plain guided-diffusion state dict.")
     parser.add_argument("checkpoint", help="a gdp fit checkpoint (.ckpt) or any checkpoint the prior loads")
     parser.add_argument("output", help="the state dict file to write (.pt)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",

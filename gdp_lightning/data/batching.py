@@ -12,7 +12,7 @@ from typing import Dict, Hashable, Iterator, List, Optional, Sequence
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["group_batches", "ShardSampler"]
+__all__ = ["group_batches", "ProcessSampler", "ShardSampler"]
 
 
 def group_batches(sizes: Sequence[Hashable], batch_size: int) -> List[List[int]]:
@@ -36,7 +36,36 @@ def group_batches(sizes: Sequence[Hashable], batch_size: int) -> List[List[int]]
     return sorted(batches, key=lambda batch: batch[0])
 
 
-class ShardSampler(DistributedSampler):
+class ProcessSampler(DistributedSampler):
+    """The base of this package's samplers: a :class:`~torch.utils.data.DistributedSampler` (Lightning keeps a
+    sampler that already is one instead of replacing it by its own, which would pad, shuffle and repeat) that
+    knows its process without needing an initialised process group.
+
+    :param length: the number of indices in all (over the processes).
+    :param num_replicas: the number of processes (default: the world size of ``torch.distributed``, 1 when it
+        is not initialised).
+    :param rank: this process's rank (default: from ``torch.distributed``, 0 when it is not initialised).
+    """
+
+    def __init__(self, length: int, num_replicas: Optional[int] = None, rank: Optional[int] = None):
+        # DistributedSampler.__init__ needs an initialised process group; set its attributes here instead
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} of {num_replicas} processes")
+        self.dataset = range(length)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.drop_last = False
+        self.shuffle = False
+        self.seed = 0
+
+
+class ShardSampler(ProcessSampler):
     """This process's batch positions: rank r of W gets r, r + W, r + 2W, ... of ``0..num_batches-1``.
 
     No padding, no repetition, no shuffling: across the processes every batch is taken exactly once (some ranks
@@ -51,25 +80,11 @@ class ShardSampler(DistributedSampler):
     """
 
     def __init__(self, num_batches: int, num_replicas: Optional[int] = None, rank: Optional[int] = None):
-        # DistributedSampler.__init__ needs an initialised process group; set its attributes here instead
-        distributed = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
-        if rank is None:
-            rank = dist.get_rank() if distributed else 0
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} of {num_replicas} processes")
         if num_batches < 0:
             raise ValueError(f"num_batches must be >= 0, got {num_batches}")
-        self.dataset = range(num_batches)
+        super().__init__(num_batches, num_replicas, rank)
         self.num_batches = num_batches
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self.drop_last = False
-        self.shuffle = False
-        self.seed = 0
-        self.num_samples = len(range(rank, num_batches, num_replicas))
+        self.num_samples = len(range(self.rank, num_batches, self.num_replicas))
         self.total_size = num_batches
 
     def __iter__(self) -> Iterator[int]:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
+from .batching import ProcessSampler
 from .images import DataError, read_image
 
 __all__ = ["TrainingCrops", "CropSampler", "crop_seed"]
@@ -139,7 +139,7 @@ class TrainingCrops(Dataset):
         return {"x": x.to(torch.float32).contiguous(), "index": i, "name": self.names[which]}
 
 
-class CropSampler(DistributedSampler):
+class CropSampler(ProcessSampler):
     """Global sample indices of this process for the current epoch.
 
     An epoch has ``total = ceil(epoch_size / W) · W`` samples (``W`` processes), numbered from ``epoch · total``:
@@ -161,26 +161,12 @@ class CropSampler(DistributedSampler):
 
     def __init__(self, epoch_size: int, num_replicas: Optional[int] = None, rank: Optional[int] = None,
                  consumed: Optional[Callable[[], int]] = None):
-        # DistributedSampler.__init__ needs an initialised process group; set its attributes here instead
-        distributed = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
-        if rank is None:
-            rank = dist.get_rank() if distributed else 0
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} of {num_replicas} processes")
         if epoch_size < 1:
             raise DataError(f"--data.epoch_size {epoch_size}: give the number of training crops an epoch has (>= 1)")
+        super().__init__(epoch_size, num_replicas, rank)
         self.epoch_size = epoch_size
-        self.dataset = range(epoch_size)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self.drop_last = False
-        self.shuffle = False
-        self.seed = 0
-        self.total_size = math.ceil(epoch_size / num_replicas) * num_replicas
-        self.num_samples = self.total_size // num_replicas
+        self.total_size = math.ceil(epoch_size / self.num_replicas) * self.num_replicas
+        self.num_samples = self.total_size // self.num_replicas
         self.consumed = consumed
 
     def set_epoch(self, epoch: int) -> None:
