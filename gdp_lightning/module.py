@@ -206,6 +206,7 @@ class GDPModule(L.LightningModule):
         self._train_diffusion: Optional[GaussianDiffusion] = None
         self._ema_step = -1
         self._val_preview: Optional[Dict[str, torch.Tensor]] = None
+        self.val_denoising = nn.ModuleDict()
         self.weights_loaded = False
         self._labels: Optional[Dict[str, int]] = None
         self._metrics: Optional[ImageMetrics] = None
@@ -515,6 +516,7 @@ class GDPModule(L.LightningModule):
         out = self._eval_step(batch, batch_idx, "validate")
         if self.trainer.state.fn == "fit":
             self._remember_preview(batch, out, batch_idx)
+            self._denoising_loss(batch)
         return out
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
@@ -537,8 +539,13 @@ class GDPModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("validate")
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self._log_fit_validation()
+        if self.trainer.state.fn == "fit":
+            for key, metric in self.val_denoising.items():
+                if metric.update_called or self.trainer.world_size > 1:
+                    self.log(f"validate/denoising_{key}", metric.compute(), rank_zero_only=True)
+                metric.reset()
+            if not self.trainer.sanity_checking:
+                self._log_fit_validation()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
@@ -569,6 +576,8 @@ class GDPModule(L.LightningModule):
         if self.timestep_sampler is None:
             self.timestep_sampler = make_timestep_sampler(settings.timestep_sampler,
                                                           self._train_diffusion.num_timesteps)
+        # held-out denoising loss of the sampling weights: the prior's fit to the domain, at fixed timesteps and noise
+        self.val_denoising = nn.ModuleDict({k: MeanMetric() for k in ("loss", "mse")})
         if settings.ema_decay > 0 and self.ema_unet is None:
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
             self.ema_unet.set_gradient_checkpointing(False)
@@ -647,6 +656,31 @@ class GDPModule(L.LightningModule):
         if any(r is None for r in restored):
             return
         self._val_preview = {"x": batch["x"].cpu(), "y": batch["y"][:, :3].cpu(), "restored": torch.stack(restored)}
+
+    @torch.no_grad()
+    def _denoising_loss(self, batch: Dict[str, Any], num_timesteps: int = 8) -> None:
+        """The training loss of the sampling weights on the held-out ground truth, at ``num_timesteps`` evenly
+        spread timesteps with noise seeded by (seed, image): comparable from one validation to the next."""
+        if "x" not in batch or self._train_diffusion is None:
+            return
+        x = batch["x"].to(self.device, torch.float32) * 2 - 1
+        if tuple(x.shape[-2:]) != (self.unet.image_size, self.unet.image_size):
+            return
+        diffusion, unet = self._train_diffusion, self.sampling_unet
+        indices = [int(i) for i in batch["index"]]
+        generators = [torch.Generator().manual_seed(s + 0xD0) for s in self.seeds_for(indices)]
+        kwargs = {}
+        if self.unet.num_classes is not None:
+            kwargs["y"] = self.labels_for(list(batch["name"]), self.seeds_for(indices))
+        total = {"loss": torch.zeros(len(x), device=self.device), "mse": torch.zeros(len(x), device=self.device)}
+        for k in range(num_timesteps):
+            t = torch.full((len(x),), int((k + 0.5) * diffusion.num_timesteps / num_timesteps), device=self.device)
+            noise = randn(x.shape, generators).to(self.device)
+            terms = diffusion.training_losses(unet, x, t, noise=noise, model_kwargs=kwargs)
+            for key in total:
+                total[key] += terms[key].float() / num_timesteps
+        for key, values in total.items():
+            self.val_denoising[key].update(values)
 
     def _log_fit_validation(self) -> None:
         """TensorBoard: the first validation batch (ground truth | observation | restored) and unconditional

@@ -164,7 +164,10 @@ def test_fit_validation_logs_samples_restorations_and_psnr(tiny, photos, tmp_pat
     # a grid of 3 rows (ground truth, observation, restored) of the 2 held-out images at the prior's 32x32
     assert restoration.height == 3 * 33 + 1 and restoration.width == 2 * 33 + 1
     scalars = set(acc.Tags()["scalars"])
-    assert {"validate/psnr", "train/loss", "train/mse", "train/vb", "train/lr"} <= scalars
+    assert {"validate/psnr", "validate/denoising_loss", "validate/denoising_mse", "train/loss", "train/mse",
+            "train/vb", "train/lr"} <= scalars
+    denoising = [e.value for e in acc.Scalars("validate/denoising_loss")]
+    assert len(denoising) == 2 and all(0 < v < 10 for v in denoising) and denoising[0] != denoising[1]
     psnr = [e.value for e in acc.Scalars("validate/psnr")]
     assert len(psnr) == 2 and all(5 < v < 60 for v in psnr)
     lr = [e.value for e in acc.Scalars("train/lr")]
