@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-prior test bench clean
 
 install: $(STAMP)
 
@@ -16,9 +16,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/gdp --version
-	$(PY) -m gdp_lightning.sample_prior --preset skimage64 --checkpoint ../shared/priors/skimage64.pt \
-		--steps 50 --num 16 --out logs/samples/skimage64.png
+	$(VENV)/bin/gdp predict --config configs/demo.yaml
+
+# how data/demo_prior.pt was made: fine-tune skimage64 on grayscale photos and an HDR scene, export the EMA weights
+demo-prior: install
+	$(PY) benchmarks/demo_data.py
+	$(VENV)/bin/gdp fit --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml \
+		--config configs/finetune.yaml --data.input_dir logs/finetune/train --data.val_dir logs/finetune/heldout \
+		--data.epoch_size 1600 --trainer.max_steps 400 --trainer.limit_val_batches 1.0 \
+		--model.training.val_samples 8 --model.training.val_sample_steps 25 \
+		--trainer.logger.init_args.version demo_prior
+	$(VENV)/bin/gdp export logs/finetune/demo_prior/checkpoints/last.ckpt data/demo_prior.pt --dtype float16
 
 test: install
 	$(PY) -m pytest -q
