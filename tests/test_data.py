@@ -533,7 +533,7 @@ def test_option_errors():
         GDPDataModule(input_dir=".", mode="fake")
     with pytest.raises(DataError, match="--data.quantize"):
         GDPDataModule(input_dir=".", quantize="ceil")
-    with pytest.raises(DataError, match="--data.crop_size"):
-        GDPDataModule(input_dir=".", crop_size=64)
-    with pytest.raises(DataError, match="training data module"):
-        GDPDataModule(input_dir=".").train_dataloader()
+    with pytest.raises(DataError, match="--data.crop_size"):  # real photos are restored whole (fit crops them)
+        GDPDataModule(input_dir=".", crop_size=64).setup("predict")
+    with pytest.raises(DataError, match="--data.val_split"):
+        GDPDataModule(input_dir=".", val_split=-1)
