@@ -32,7 +32,7 @@ from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOpe
 from .diffusion import GaussianDiffusion, randn
 from .errors import ConfigError, GDPError, InputError
 from .metrics import ImageMetrics, to_8bit
-from .prior import PriorSpec, load_prior_weights, save_state_dict
+from .prior import PriorSpec, load_prior_weights
 from .sampling import GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 from .training import (
     TrainingSettings,
@@ -723,10 +723,6 @@ class GDPModule(L.LightningModule):
             x = diffusion.sample(unet, noise=noise, generator=generators, model_kwargs=kwargs)
             out.append(((x + 1) / 2).clamp(0, 1).float().cpu())
         return torch.cat(out)
-
-    def export_prior(self, path: str, dtype: torch.dtype = torch.float32) -> Path:
-        """Write the sampling weights (the EMA's while fitting) as a plain guided-diffusion state dict."""
-        return save_state_dict(self.ema_unet if self.ema_unet is not None else self.unet, path, dtype=dtype)
 
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""
