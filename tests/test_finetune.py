@@ -230,6 +230,10 @@ def test_export_in_half_precision_and_its_errors(tiny, photos, tmp_path, capfd):
     assert main(["export", str(checkpoints / "last.ckpt"), str(half), "--dtype", "float16"]) == 0
     capfd.readouterr()
     assert {v.dtype for v in torch.load(half, weights_only=True).values()} == {torch.float16}
+    again = tmp_path / "again.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(again), "--dtype", "float16"]) == 0
+    capfd.readouterr()
+    assert again.read_bytes() == half.read_bytes()  # the same weights give the same file
     # not a UNet
     other = tmp_path / "other.pt"
     torch.save({"weight": torch.zeros(3)}, other)

@@ -239,8 +239,8 @@ def save_state_dict(
     """
     path = Path(path)
     sd = export_state_dict(model_or_state_dict, dtype=dtype)
-    with atomic_path(path) as tmp:
-        torch.save(sd, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(sd, f)  # through a file object: the archive's inner name does not depend on the temporary name
     return path
 
 
