@@ -299,8 +299,10 @@ class GDPDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.val_dir, self.val_split = val_dir, val_split
         self.epoch_size, self.train_scales, self.flip = epoch_size, tuple(train_scales), flip
-        #: ``gdp fit``: the training images
+        #: ``gdp fit``: the training images, their crops, and the crop of the held-out images
         self.train_paths: List[Any] = []
+        self.training_set: Optional[TrainingCrops] = None
+        self._fit_crop: Optional[int] = None
         #: every input found, in order (``item.index`` is its position)
         self.items: List[InputItem] = []
         #: the batches to run: positions into :attr:`items` (in predict, without the inputs already done)
@@ -410,15 +412,12 @@ class GDPDataModule(L.LightningDataModule):
                                           max_scale=self.train_scales[1], flip=self.flip, seed=self.seed)
         # validation: the held-out images as synthetic inputs, renumbered 0..n-1
         self.items = [dataclasses.replace(item, index=i) for i, item in enumerate(held)]
-        crop = self.crop_size or size
-        self.sizes = [(crop, crop) for _ in self.items]
-        saved_crop, self.crop_size = self.crop_size, crop
-        self._all_batches = group_batches([(crop, crop)] * len(self.items), self.batch_size)
+        self._fit_crop = self.crop_size or size
+        self.sizes = [(self._fit_crop, self._fit_crop) for _ in self.items]
+        self._all_batches = group_batches(self.sizes, self.batch_size)
         self.batches = [list(b) for b in self._all_batches]
         if self.items:
             self._observation_operator = self._resolve_synthetic_operator()
-        self.crop_size = saved_crop
-        self._fit_crop = crop
         self._prepared = True
 
     def _done_checks(self) -> List[Callable[[str], bool]]:
@@ -458,9 +457,8 @@ class GDPDataModule(L.LightningDataModule):
     # ------------------------------------------------------------- dataloaders
     def dataset(self) -> RestorationBatches:
         """The dataset of the current :attr:`batches` (item k = batch k)."""
-        crop = getattr(self, "_fit_crop", None) or self.crop_size
         return RestorationBatches(self.items, self.batches, self.sizes, self._observation_operator,
-                                  crop, self.quantize, self.seed)
+                                  self._fit_crop or self.crop_size, self.quantize, self.seed)
 
     def _dataloader(self, stage: str) -> DataLoader:
         if not self._prepared:
