@@ -343,14 +343,18 @@ class GDPModule(L.LightningModule):
             self._require_labels(names)
             labels = [self._labels[n] for n in names]
         elif self.random_labels:
-            labels = [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + 0x1ABE1)))
-                      for s in seeds]
+            labels = self._random_labels(seeds)
         else:
             raise ConfigError(
                 "the prior is class-conditional: give --model.class_label N, --model.labels_file FILE or "
                 "--model.random_labels true"
             )
         return torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    def _random_labels(self, seeds: Sequence[int]) -> List[int]:
+        """A class per seed: image i's comes from (seed, i) only."""
+        return [int(torch.randint(self.unet.num_classes, (1,), generator=torch.Generator().manual_seed(s + 0x1ABE1)))
+                for s in seeds]
 
     def _observation(self, batch: Dict[str, Any]) -> torch.Tensor:
         y = batch["y"].to(self.device, torch.float32)
@@ -714,12 +718,10 @@ class GDPModule(L.LightningModule):
             seeds = self.seeds_for(indices)
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             kwargs = {}
-            if self.unet.num_classes is not None:
-                kwargs["y"] = (torch.full((len(indices),), self.class_label, device=self.device)
-                               if self.class_label is not None else
-                               torch.tensor([int(torch.randint(self.unet.num_classes, (1,), generator=g))
-                                             for g in generators], device=self.device))
-            noise = torch.stack([randn((3, size, size), g) for g in generators]).to(self.device)
+            if self.unet.num_classes is not None:  # the one class, else a random class per sample
+                labels = [self.class_label] * len(seeds) if self.class_label is not None else self._random_labels(seeds)
+                kwargs["y"] = torch.tensor(labels, dtype=torch.long, device=self.device)
+            noise = randn((len(indices), 3, size, size), generators).to(self.device)
             x = diffusion.sample(unet, noise=noise, generator=generators, model_kwargs=kwargs)
             out.append(((x + 1) / 2).clamp(0, 1).float().cpu())
         return torch.cat(out)
