@@ -3,8 +3,9 @@ with the demo prior.
 
     .venv/bin/python benchmarks/finetune_eval.py            # after `make demo-prior` (or benchmarks/demo_data.py)
 
-First the denoising loss of each prior on the held-out crops (the improved-DDPM training loss, ε MSE plus the
-variational-bound term, at 8 evenly spread timesteps with seeded noise: how well the prior models the domain).
+First the denoising loss of each prior on the held-out crops (:func:`gdp_lightning.training.denoising_loss`: the
+improved-DDPM training loss, ε MSE plus the variational-bound term, at 8 evenly spread timesteps with seeded
+noise, as ``gdp fit``'s validation logs it: how well the prior models the domain).
 Then ``gdp validate`` (synthetic mode: each 64×64 held-out crop of ``logs/finetune/heldout`` is reduced 4× by
 block averaging, stored as 8 bits and restored; PSNR and SSIM on the 8-bit outputs) once per prior, with the same
 seeds, steps and scales; prints the mean PSNR and SSIM per prior and scale, over all crops and split into the
@@ -32,6 +33,7 @@ from gdp_lightning.degradations import SuperResolution
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.metrics import to_8bit
 from gdp_lightning.prior import PriorSpec, load_prior
+from gdp_lightning.training import denoising_loss
 
 REPO = Path(__file__).resolve().parents[1]
 PRIORS = {
@@ -40,21 +42,15 @@ PRIORS = {
 }
 
 
-def denoising_loss(name: str, heldout: Path, num_timesteps: int = 8) -> dict:
+def held_out_loss(name: str, heldout: Path) -> dict:
+    """The prior's denoising loss on the held-out crops, crop i's noise drawn from seed i."""
     config = yaml.safe_load(Path(PRIORS[name][1]).read_text())["model"]["prior"]
     spec = PriorSpec.from_dict(config)
     model = load_prior(spec, REPO / spec.checkpoint)
-    diffusion = GaussianDiffusion.from_prior(spec)
     x = torch.stack([read_image(p).pixels for p in sorted(heldout.glob("*.png"))]) * 2 - 1
-    generator = torch.Generator().manual_seed(1)
-    total = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
-    with torch.no_grad():
-        for k in range(num_timesteps):
-            t = torch.full((len(x),), int((k + 0.5) * diffusion.num_timesteps / num_timesteps))
-            terms = diffusion.training_losses(model, x, t, noise=torch.randn(x.shape, generator=generator))
-            for key in total:
-                total[key] += terms[key].mean().item() / num_timesteps
-    return total
+    terms = denoising_loss(GaussianDiffusion.from_prior(spec), model, x,
+                           [torch.Generator().manual_seed(i) for i in range(len(x))])
+    return {key: value.mean().item() for key, value in terms.items()}
 
 
 def evaluate(name: str, heldout: Path, out: Path, steps: int, scales: list) -> list:
@@ -111,7 +107,7 @@ def cli() -> None:
     print("| prior | held-out denoising loss | ε MSE | VB term |")
     print("|---|---|---|---|")
     for name in PRIORS:
-        d = denoising_loss(name, heldout)
+        d = held_out_loss(name, heldout)
         print(f"| {name} | {d['loss']:.5f} | {d['mse']:.5f} | {d['vb']:.5f} |")
     if args.denoising_only:
         return

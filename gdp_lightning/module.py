@@ -37,6 +37,7 @@ from .sampling import GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 from .training import (
     TrainingSettings,
     UniformTimesteps,
+    denoising_loss,
     dropout_seed,
     ema_decay_at,
     make_timestep_sampler,
@@ -616,7 +617,7 @@ class GDPModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise GDPError(f"the training loss is {loss.item()} at step {self.trainer.global_step}; lower "
                            "--model.training.lr or set --trainer.gradient_clip_val")
-        if type(self.timestep_sampler) is not UniformTimesteps:
+        if self.timestep_sampler.uses_losses:
             gathered_t = self.all_gather(t).flatten()
             gathered_loss = self.all_gather(terms["loss"].detach().float()).flatten()
             self.timestep_sampler.update(gathered_t.cpu(), gathered_loss.cpu())
@@ -661,30 +662,23 @@ class GDPModule(L.LightningModule):
             return
         self._val_preview = {"x": batch["x"].cpu(), "y": batch["y"][:, :3].cpu(), "restored": torch.stack(restored)}
 
-    @torch.no_grad()
-    def _denoising_loss(self, batch: Dict[str, Any], num_timesteps: int = 8) -> None:
-        """The training loss of the sampling weights on the held-out ground truth, at ``num_timesteps`` evenly
-        spread timesteps with noise seeded by (seed, image): comparable from one validation to the next."""
+    def _denoising_loss(self, batch: Dict[str, Any]) -> None:
+        """The held-out denoising loss of the sampling weights (:func:`~gdp_lightning.training.denoising_loss`,
+        image i's noise from (seed, i)): comparable from one validation to the next."""
         if "x" not in batch or self._train_diffusion is None:
             return
         x = batch["x"].to(self.device, torch.float32) * 2 - 1
         if tuple(x.shape[-2:]) != (self.unet.image_size, self.unet.image_size):
             return
-        diffusion, unet = self._train_diffusion, self.sampling_unet
         indices = [int(i) for i in batch["index"]]
-        generators = [torch.Generator().manual_seed(s + 0xD0) for s in self.seeds_for(indices)]
+        seeds = self.seeds_for(indices)
         kwargs = {}
         if self.unet.num_classes is not None:
-            kwargs["y"] = self.labels_for(list(batch["name"]), self.seeds_for(indices))
-        total = {"loss": torch.zeros(len(x), device=self.device), "mse": torch.zeros(len(x), device=self.device)}
-        for k in range(num_timesteps):
-            t = torch.full((len(x),), int((k + 0.5) * diffusion.num_timesteps / num_timesteps), device=self.device)
-            noise = randn(x.shape, generators).to(self.device)
-            terms = diffusion.training_losses(unet, x, t, noise=noise, model_kwargs=kwargs)
-            for key in total:
-                total[key] += terms[key].float() / num_timesteps
-        for key, values in total.items():
-            self.val_denoising[key].update(values)
+            kwargs["y"] = self.labels_for(list(batch["name"]), seeds)
+        terms = denoising_loss(self._train_diffusion, self.sampling_unet, x,
+                               [torch.Generator().manual_seed(s + 0xD0) for s in seeds], model_kwargs=kwargs)
+        for key, metric in self.val_denoising.items():
+            metric.update(terms[key])
 
     def _log_fit_validation(self) -> None:
         """TensorBoard: the first validation batch (ground truth | observation | restored) and unconditional

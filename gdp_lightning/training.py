@@ -10,11 +10,12 @@ moving average (EMA) of the weights that sampling, validation and export use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .diffusion import GaussianDiffusion, randn
 from .errors import ConfigError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "warmup_factor",
     "sample_generator",
     "dropout_seed",
+    "denoising_loss",
 ]
 
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
@@ -105,6 +107,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 class UniformTimesteps(nn.Module):
     """Timesteps drawn uniformly; every loss weighs 1."""
 
+    #: whether :meth:`update` uses the losses (then the training step gathers them from every process)
+    uses_losses = False
+
     def __init__(self, num_timesteps: int):
         super().__init__()
         self.num_timesteps = num_timesteps
@@ -129,6 +134,8 @@ class LossSecondMomentTimesteps(UniformTimesteps):
     """Importance sampling of improved DDPM: p(t) ∝ sqrt(mean of the last ``history`` losses² at t), mixed with
     ``uniform_prob`` of uniform; uniform until every timestep has ``history`` losses. The history is a buffer, so
     it is saved in checkpoints and a resumed run samples as the interrupted one would have."""
+
+    uses_losses = True
 
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
         super().__init__(num_timesteps)
@@ -175,3 +182,22 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 def dropout_seed(seed: int, step: int, rank: int) -> int:
     """The seed of the global generator (dropout) at a training step of a process."""
     return ((seed * 1_000_003 + step) * 1_009 + rank + (1 << 43)) % 2**63
+
+
+@torch.no_grad()
+def denoising_loss(
+    diffusion: GaussianDiffusion, model: nn.Module, x: torch.Tensor, generators: Sequence[torch.Generator], num_timesteps: int = 8,
+    model_kwargs: Optional[dict] = None,
+) -> Dict[str, torch.Tensor]:
+    """How well a prior models clean images ``x`` (``(N, 3, S, S)`` in [-1, 1]): per image, the training loss
+    (``"loss"``, and its ``"mse"`` term; plus ``"vb"`` for a learned variance) averaged over ``num_timesteps``
+    evenly spread timesteps, image i's noise drawn from ``generators[i]``: comparable between priors and between
+    validations."""
+    total: Dict[str, torch.Tensor] = {}
+    for k in range(num_timesteps):
+        t = torch.full((len(x),), int((k + 0.5) * diffusion.num_timesteps / num_timesteps), device=x.device)
+        noise = randn(x.shape, generators).to(x.device)
+        terms = diffusion.training_losses(model, x, t, noise=noise, model_kwargs=model_kwargs)
+        for key, value in terms.items():
+            total[key] = total.get(key, 0) + value.float() / num_timesteps
+    return total

@@ -26,6 +26,7 @@ from gdp_lightning.training import (
     LossSecondMomentTimesteps,
     TrainingSettings,
     UniformTimesteps,
+    denoising_loss,
     ema_decay_at,
     update_ema,
     warmup_factor,
@@ -319,6 +320,20 @@ def test_fit_with_importance_sampling(tiny, photos, tmp_path, capfd):
                       "loss-second-moment", steps=3)
     sd = state(checkpoints / "last.ckpt")["state_dict"]
     assert int(sd["timestep_sampler.loss_counts"].sum()) == 12  # 3 steps of 4 losses each
+
+
+def test_denoising_loss_is_per_image_and_seeded():
+    model = _tiny()
+    diffusion = GaussianDiffusion.from_prior(PriorSpec.from_dict({"unet": TINY}))
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    terms = denoising_loss(diffusion, model, x, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert set(terms) == {"loss", "mse", "vb"} and terms["loss"].shape == (3,)
+    torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+    # image 1 alone, with its own generator, gets the value it had in the batch
+    alone = denoising_loss(diffusion, model, x[1:2], [torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(alone["loss"], terms["loss"][1:2], rtol=1e-5, atol=1e-6)
+    other = denoising_loss(diffusion, model, x[1:2], [torch.Generator().manual_seed(7)])
+    assert not torch.equal(other["loss"], alone["loss"])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
