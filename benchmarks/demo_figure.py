@@ -13,13 +13,8 @@ import argparse
 import csv
 from pathlib import Path
 
-import numpy as np
-import torch.nn.functional as F
-from PIL import Image
-
+from gdp_lightning.benchmark import save_columns, sr4_observation
 from gdp_lightning.data import read_image
-from gdp_lightning.degradations import SuperResolution
-from gdp_lightning.metrics import to_8bit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,18 +30,12 @@ def cli() -> None:
     names = sorted(p.stem for p in inputs.glob("*.png"))
     with open(outputs / "metrics.csv", newline="") as f:
         psnr = {row["name"]: float(row["psnr"]) for row in csv.DictReader(f)}
-    size, gap = 64, 2
-    canvas = np.full((3 * (size + gap) - gap, len(names) * (size + gap) - gap, 3), 255, np.uint8)
-    for c, name in enumerate(names):
+    columns = []
+    for name in names:
         clean = read_image(inputs / f"{name}.png").pixels[None]
-        observed = F.interpolate(to_8bit(SuperResolution(4)(clean)), scale_factor=4, mode="nearest")[0]
-        column = [observed, read_image(outputs / f"{name}.png").pixels, clean[0]]
-        for r, image in enumerate(column):
-            pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            canvas[r * (size + gap): r * (size + gap) + size, c * (size + gap): c * (size + gap) + size] = pixels
+        columns.append([sr4_observation(clean)[0], read_image(outputs / f"{name}.png").pixels, clean[0]])
         print(f"{name}: PSNR {psnr[name]:.2f} dB")
-    image = Image.fromarray(canvas)
-    image.resize((canvas.shape[1] * args.zoom, canvas.shape[0] * args.zoom), Image.NEAREST).save(args.out)
+    save_columns(columns, args.out, zoom=args.zoom)
     print(f"wrote {args.out}: rows input (16x16, shown x4), output, ground truth; columns {', '.join(names)}")
 
 

@@ -21,17 +21,13 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
-from PIL import Image
 
+from gdp_lightning.benchmark import save_columns, sr4_observation
 from gdp_lightning.cli import main as gdp
 from gdp_lightning.data import read_image
-from gdp_lightning.degradations import SuperResolution
 from gdp_lightning.diffusion import GaussianDiffusion
-from gdp_lightning.metrics import to_8bit
 from gdp_lightning.prior import PriorSpec, load_prior
 from gdp_lightning.training import denoising_loss
 
@@ -77,19 +73,12 @@ def summary(rows: list, scale: float, subset) -> str:
 
 
 def figure(heldout: Path, out: Path, names: list, scale: float, path: Path) -> None:
-    tiles = []
+    columns = []
     for name in names:
         clean = read_image(heldout / f"{name}_0.png").pixels[None]
-        observed = F.interpolate(to_8bit(SuperResolution(4)(clean)), scale_factor=4, mode="nearest")[0]
-        column = [observed] + [read_image(out / prior / f"{name}_0_s{scale:g}.png").pixels for prior in PRIORS]
-        tiles.append(column + [clean[0]])
-    gap, size = 2, 64
-    canvas = np.full((len(tiles[0]) * (size + gap) - gap, len(tiles) * (size + gap) - gap, 3), 255, np.uint8)
-    for c, column in enumerate(tiles):
-        for r, image in enumerate(column):
-            pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            canvas[r * (size + gap): r * (size + gap) + size, c * (size + gap): c * (size + gap) + size] = pixels
-    Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST).save(path)
+        restored = [read_image(out / prior / f"{name}_0_s{scale:g}.png").pixels for prior in PRIORS]
+        columns.append([sr4_observation(clean)[0], *restored, clean[0]])
+    save_columns(columns, path)
     print(f"wrote {path}: rows observation (x4 nearest), skimage64, demo prior, ground truth; columns {names}")
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .metrics import psnr  # noqa: F401 - PSNR per image of the 8-bit values, re-exported for the protocol
 from .metrics import to_8bit as quantize
 
-__all__ = ["skimage_crops", "quantize", "psnr", "SKIMAGE_PHOTOS"]
+__all__ = ["skimage_crops", "quantize", "psnr", "sr4_observation", "save_columns", "SKIMAGE_PHOTOS"]
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 
@@ -28,3 +28,22 @@ def skimage_crops(n: int = 4, size: int = 64, scale: float = 0.25, seed: int = 0
         left = int(torch.randint(0, img.shape[-1] - size + 1, (1,), generator=g))
         out.append(img[..., top : top + size, left : left + size])
     return quantize(torch.cat(out))
+
+
+def sr4_observation(clean: torch.Tensor) -> torch.Tensor:
+    """The observation the SR ×4 task makes of clean ``(N, 3, H, W)`` images (GDP's 4×4 block average, 8 bits),
+    shown at the clean size (each pixel repeated 4×4)."""
+    from .degradations import SuperResolution
+
+    return F.interpolate(quantize(SuperResolution(4)(clean)), scale_factor=4, mode="nearest")
+
+
+def save_columns(columns, path, zoom: int = 2, gap: int = 2) -> None:
+    """A PNG of images in columns (a list of columns, each a list of ``(3, H, W)`` images of one size in [0, 1]),
+    on white with ``gap`` pixels between them, enlarged ``zoom`` times by pixel repetition."""
+    from torchvision.utils import make_grid, save_image
+
+    rows = len(columns[0])
+    images = torch.stack([columns[c][r] for r in range(rows) for c in range(len(columns))]).clamp(0, 1)
+    grid = make_grid(images, nrow=len(columns), padding=gap, pad_value=1.0)[:, gap:-gap, gap:-gap]
+    save_image(F.interpolate(grid[None], scale_factor=zoom, mode="nearest")[0], path)
