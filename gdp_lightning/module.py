@@ -430,11 +430,9 @@ class GDPModule(L.LightningModule):
         if any(pad):
             y = F.pad(y, (0, pad[1], 0, pad[0]), mode="replicate")
         self._side_inputs(batch, pad)
-        if isinstance(self.degradation, Inpainting):
-            # a real photo has content in its holes: keep its observed pixels only (m ⊙ y, as a synthetic
-            # observation), else the data term and the consistency count the holes against A(x̂) = m ⊙ x̂
-            with torch.no_grad():
-                y = self.degradation(y)
+        with torch.no_grad():
+            restricted = self.degradation.restrict_observation(y)
+        y = y if restricted is None else restricted
         out_h, out_w = self.degradation.input_size(oh, ow)
         seeds = self.seeds_for(indices)
         labels = self.labels_for(names, seeds)

@@ -250,6 +250,21 @@ def test_compose_names_sizes_and_noise():
         Compose([HDR(2), Blur(uniform_kernel(3))])
 
 
+def test_restrict_observation_masks_the_holes_of_a_real_photo():
+    y = torch.rand(2, 3, 8, 10)
+    mask = box_mask(8, 10, 2, 3, 4, 4)
+    masked = y * mask
+    assert torch.equal(Inpainting(mask).restrict_observation(y), masked)
+    # a mask followed by noise still observes the masked pixels only
+    assert torch.equal(Compose([Inpainting(mask), GaussianNoise(0.05)]).restrict_observation(y), masked)
+    assert torch.equal(Compose([Blur(uniform_kernel(3), padding="reflect"), Inpainting(mask)]).restrict_observation(y),
+                       masked)
+    # a blur after the mask spreads content into the holes: y stays whole
+    assert Compose([Inpainting(mask), Blur(uniform_kernel(3), padding="reflect")]).restrict_observation(y) is None
+    for op in (SuperResolution(2), Colorization(), Blur(uniform_kernel(3)), LowLight(), Identity(), GaussianNoise(0.1)):
+        assert op.restrict_observation(y) is None
+
+
 # ------------------------------------------------------------ blind recovery
 def _photo(size=48):
     from skimage import data

@@ -42,6 +42,14 @@ class Degradation(nn.Module):
         """A synthetic observation of ``x``: A(x) plus the model's noise, if any."""
         return self(x)
 
+    def restrict_observation(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        """A real observation cut down to what the model observes, or ``None`` where that is all of it.
+
+        A photo with holes still has content in them; inpainting keeps its observed pixels (m ⊙ y, as a
+        synthetic observation is), so the data term does not count the holes against A(x̂) = m ⊙ x̂.
+        """
+        return None
+
     # ---------------------------------------------------------------- sizes
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """Spatial size of A(x) for an image of ``height × width``."""
@@ -191,6 +199,15 @@ class Compose(Degradation):
         for op in self.operators:
             x = op.observe(x, generators)
         return x
+
+    def restrict_observation(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        # the last operator that is not the identity or plain noise decides (a mask followed by noise still
+        # masks y; a mask followed by a blur does not: the blur spreads content into the holes)
+        for op in reversed(self.operators):
+            if isinstance(op, (GaussianNoise, Identity)):
+                continue
+            return op.restrict_observation(y)
+        return None
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         for op in self.operators:

@@ -95,6 +95,9 @@ class Inpainting(Degradation):
     def adjoint(self, y: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         return self(y)
 
+    def restrict_observation(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        return self(y)
+
     def observed_fraction(self) -> float:
         return float("nan") if self.mask is None else float(self.mask.mean())
 
