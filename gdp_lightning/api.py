@@ -163,7 +163,8 @@ def restore(
             raise ConfigError("give the guidance scale (scale=...) with a Degradation object")
         module = build_module(task, prior, checkpoint, seed=seed, sampler=sampler, **model_options)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module.setup("predict")
+    if getattr(module, "prepared_stage", None) != "predict":  # a reused module is set up once
+        module.setup("predict")
     module._require_weights()
     module.to(device)
     single = isinstance(images, torch.Tensor)

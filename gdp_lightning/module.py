@@ -209,6 +209,8 @@ class GDPModule(L.LightningModule):
         self._val_preview: Optional[Dict[str, torch.Tensor]] = None
         self.val_denoising = nn.ModuleDict()
         self.weights_loaded = False
+        #: the stage the last :meth:`setup` prepared (``None`` before, and again after :meth:`set_task`)
+        self.prepared_stage: Optional[str] = None
         self._labels: Optional[Dict[str, int]] = None
         self._metrics: Optional[ImageMetrics] = None
         self._unet_fn: Optional[nn.Module] = None
@@ -225,6 +227,7 @@ class GDPModule(L.LightningModule):
         if quality is not None:
             self.quality = list(quality)
             self.quality_losses = nn.ModuleList([q.loss for q in self.quality])
+        self.prepared_stage = None
 
     # ------------------------------------------------------------------ set-up
     def _check_labels(self) -> None:
@@ -269,6 +272,7 @@ class GDPModule(L.LightningModule):
                                      fid_feature_extractor=self.fid_feature_extractor)
         keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in self.metric_names if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
+        self.prepared_stage = stage
 
     def _check_inputs(self) -> None:
         """What the data module found must fit the task: checked before the first restoration."""

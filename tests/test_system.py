@@ -616,6 +616,9 @@ def test_python_api(tiny, crops):
     assert float((torch.stack(listed) - a).abs().max()) < 1e-4
     module = build_module("sr4", config, sampler={"steps": "3", "scale": 1000.0}, progress=False)
     assert torch.equal(restore(y[:2], module=module, device="cpu"), a)
+    metrics = module._metrics
+    assert torch.equal(restore(y[:2], module=module, device="cpu"), a)
+    assert module._metrics is metrics  # set up once, not per call
     details = restore(y[:1], details=True, **kwargs)
     assert set(details[0]) == {"image", "phi", "losses", "metrics"} and "data" in details[0]["losses"]
 
