@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 from gdp_lightning.data import (
     DataError,
     GDPDataModule,
+    RestorationBatches,
     ShardSampler,
     check_image,
     find_inputs,
@@ -25,6 +26,7 @@ from gdp_lightning.data import (
     read_image,
     write_image,
 )
+from gdp_lightning.data.batching import EMPTY_BATCH
 from gdp_lightning.data.images import apply_orientation, encode_png_16bit
 from gdp_lightning.degradations import HDR, Blur, Compose, GaussianNoise, LowLight, SuperResolution
 
@@ -353,6 +355,15 @@ def test_shard_sampler_covers_every_batch_once(world):
     sampler = ShardSampler(5)
     assert isinstance(sampler, DistributedSampler) and (sampler.num_replicas, sampler.rank) == (1, 0)
     assert list(ShardSampler(0)) == []
+
+
+def test_shard_sampler_gives_an_idle_process_one_empty_batch():
+    # 1 batch, 3 processes: ranks 1 and 2 get the empty-batch position, which the dataset turns into no images
+    assert [list(ShardSampler(1, 3, r)) for r in range(3)] == [[0], [EMPTY_BATCH], [EMPTY_BATCH]]
+    assert [len(ShardSampler(0, 2, r)) for r in range(2)] == [1, 1]
+    assert list(ShardSampler(0, 1, 0)) == []  # one process: nothing to do is no loop at all
+    empty = RestorationBatches([], [], [])[EMPTY_BATCH]
+    assert empty["name"] == [] and empty["index"].shape == (0,)
 
 
 # ------------------------------------------------------------------------------------------ data module

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,25 @@ def test_two_processes_restore_each_image_once_and_identically(setup_dir):
     assert summary["images"] == NUM_IMAGES
     rows = (root / "two_b1" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + NUM_IMAGES
+
+
+def test_two_processes_resume_with_fewer_inputs_left_than_processes(setup_dir):
+    """A resumed run with one input left: process 1 has nothing to do, takes an empty batch and still meets
+    process 0 at the summary; the missing image is restored as before and the summary covers all five."""
+    root = setup_dir
+    if not (root / "one_b1").is_dir():
+        _run_one_process(root, root / "one_b1", 1)
+    out = root / "resumed"
+    shutil.copytree(root / "one_b1", out)
+    for path in out.glob("img4.*"):
+        path.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("img[0-3].*")}
+    _run_two_processes(root, out, 1)
+    one, _ = _outputs(root / "one_b1")
+    resumed, records = _outputs(out)
+    assert np.array_equal(resumed["img4"], one["img4"]) and records["img4"]["process"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("img[0-3].*")} == before  # the others untouched
+    assert json.loads((out / "metrics.json").read_text())["images"] == NUM_IMAGES
 
 
 def test_larger_batches_two_processes(setup_dir):

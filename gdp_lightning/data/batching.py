@@ -12,7 +12,7 @@ from typing import Dict, Hashable, Iterator, List, Optional, Sequence
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["group_batches", "ProcessSampler", "ShardSampler"]
+__all__ = ["group_batches", "ProcessSampler", "ShardSampler", "EMPTY_BATCH"]
 
 
 def group_batches(sizes: Sequence[Hashable], batch_size: int) -> List[List[int]]:
@@ -65,11 +65,17 @@ class ProcessSampler(DistributedSampler):
         self.seed = 0
 
 
+#: the position a :class:`ShardSampler` gives a process that has no batch: the dataset makes an empty batch of it
+EMPTY_BATCH = -1
+
+
 class ShardSampler(ProcessSampler):
     """This process's batch positions: rank r of W gets r, r + W, r + 2W, ... of ``0..num_batches-1``.
 
-    No padding, no repetition, no shuffling: across the processes every batch is taken exactly once (some ranks
-    may get one batch fewer). It is a :class:`~torch.utils.data.DistributedSampler` on purpose: Lightning keeps a
+    No repetition, no shuffling: across the processes every batch is taken exactly once (some ranks may get one
+    batch fewer). With several processes, one that has no batch at all (fewer batches than processes, e.g. a
+    resumed run with few inputs left) gets the single position :data:`EMPTY_BATCH` instead: an empty batch keeps
+    it in the loop, so that every process reaches the collective calls (metrics, barriers) of the others. It is a :class:`~torch.utils.data.DistributedSampler` on purpose: Lightning keeps a
     sampler that already is one instead of replacing it by its own (which would pad and repeat), for predict,
     validate and test alike.
 
@@ -84,11 +90,14 @@ class ShardSampler(ProcessSampler):
             raise ValueError(f"num_batches must be >= 0, got {num_batches}")
         super().__init__(num_batches, num_replicas, rank)
         self.num_batches = num_batches
-        self.num_samples = len(range(self.rank, num_batches, self.num_replicas))
+        self.positions = list(range(self.rank, num_batches, self.num_replicas))
+        if not self.positions and self.num_replicas > 1:
+            self.positions = [EMPTY_BATCH]
+        self.num_samples = len(self.positions)
         self.total_size = num_batches
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.num_batches, self.num_replicas))
+        return iter(self.positions)
 
     def __len__(self) -> int:
         return self.num_samples

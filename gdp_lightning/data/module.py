@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..degradations import Degradation, load_kernel, load_mask
-from .batching import ShardSampler, group_batches
+from .batching import EMPTY_BATCH, ShardSampler, group_batches
 from .datasets import InputItem, check_image, find_inputs, image_size
 from .images import DataError, read_image
 from .training import CropSampler, TrainingCrops
@@ -141,6 +141,8 @@ class RestorationBatches(Dataset):
         return {"y": quantize_observation(y.detach().float(), self.quantize), "x": x, "image": image}
 
     def __getitem__(self, batch_index: int) -> Dict[str, Any]:
+        if batch_index == EMPTY_BATCH:  # a process with nothing to do (see ShardSampler)
+            return {"name": [], "index": torch.zeros(0, dtype=torch.long)}
         positions = self.batches[batch_index]
         items = [self.items[p] for p in positions]
         made = [(self._synthetic if self.degradation is not None else self._real)(item, self.sizes[p])
