@@ -427,6 +427,8 @@ class GDPModule(L.LightningModule):
         """Restore one batch for every scale; returns ``{"items": [...], "stage": stage}`` (one dict per image)."""
         self.require_gradients()
         names = list(batch["name"])
+        if not names:  # the empty batch of a process with nothing to do (see ShardSampler)
+            return {"items": [], "stage": stage}
         indices = [int(i) for i in batch["index"]]
         y = self._observation(batch)
         oh, ow = y.shape[-2:]
