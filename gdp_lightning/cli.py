@@ -45,6 +45,19 @@ TRAINER_DEFAULTS = {
 }
 
 
+class GDPArgumentParser(LightningArgumentParser):
+    """Option errors (an unknown key, a wrong type, a missing file) end with one ``gdp: error: ...`` line and
+    exit status 2, like every other user error, instead of the whole usage text."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if os.environ.get("GDP_DEBUG") or not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"gdp: error: {' '.join(str(message).split())} (see '{prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
 class GDPCLI(LightningCLI):
     """LightningCLI with the project's model, data module, writer and TensorBoard trajectory callback."""
 
@@ -61,6 +74,7 @@ class GDPCLI(LightningCLI):
             args=list(args) if args is not None else None,
             run=run,
             auto_configure_optimizers=False,
+            parser_class=GDPArgumentParser,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
