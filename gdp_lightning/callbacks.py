@@ -76,6 +76,30 @@ def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
     return v
 
 
+#: settings of :meth:`GDPModule.describe` that do not change a restoration (a rerun may change them and resume)
+NEUTRAL_SETTINGS = ("checkpoint", "prior.checkpoint", "prior.source", "prior.description", "prior.name",
+                    "sampler.tile_batch")
+
+
+def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:
+    """The flattened settings of a model description that decide its restorations (the checkpoint by its
+    SHA-256 when known, not by its path)."""
+    flat: Dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", model)
+    checkpoint = model.get("checkpoint")
+    if "checkpoint_sha256" not in flat and checkpoint and Path(checkpoint).is_file():
+        flat["checkpoint_sha256"] = sha256(Path(checkpoint))
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_SETTINGS}
+
+
 def _json_dump(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
@@ -96,6 +120,7 @@ class RestorationWriter(Callback):
         self._dir: Optional[Path] = None
         self._rank = 0
         self._summarized = False
+        self._earlier: List[str] = []
 
     # ---------------------------------------------------------------- where
     @property
@@ -123,8 +148,34 @@ class RestorationWriter(Callback):
             raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
                              f"{self._dir}; rename it")
         self._summarized = False
+        self._earlier: List[str] = []
+        if not self.overwrite and any(self.is_done(it.name) for it in items):
+            self._check_resume(pl_module)
         if trainer.is_global_zero:
             self._dir.mkdir(parents=True, exist_ok=True)
+
+    def _check_resume(self, pl_module: "L.LightningModule") -> None:
+        """A rerun skips the inputs already restored: only when the earlier run restored them the same way.
+        Checked on every process (each reads the record), so all stop together."""
+        path = self.directory / "run.json"
+        describe = getattr(pl_module, "describe", None)
+        if describe is None or not path.is_file():
+            return
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        now = restoration_settings(json.loads(json.dumps(describe())))  # as a record stores it
+        before = restoration_settings(earlier.get("model", {}))
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            key = changed[0]
+            raise InputError(
+                f"{self.directory} holds outputs of a run with other settings ({key}: {before.get(key)!r} then, "
+                f"{now.get(key)!r} now); resuming would mix them: use another --writer.output_dir, or "
+                "--writer.overwrite true to restore everything again"
+            )
+        self._earlier = list(earlier.get("earlier_starts", [])) + [earlier.get("started", "?")]
 
     def _start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         # after the model's setup (weights loaded) and never under inference mode (the model stops then):
@@ -169,6 +220,8 @@ class RestorationWriter(Callback):
             "devices": trainer.world_size,
             "model": model,
         }
+        if self._earlier:  # a resumed run: when the runs that made the other outputs started
+            record["earlier_starts"] = self._earlier
         config = getattr(pl_module, "run_config", None)
         if config:
             record["config"] = config

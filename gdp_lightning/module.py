@@ -15,12 +15,13 @@ draws a grid of unconditional samples.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import lightning as L
 import torch
@@ -206,6 +207,7 @@ class GDPModule(L.LightningModule):
         self.timestep_sampler: Optional[UniformTimesteps] = None
         self._train_diffusion: Optional[GaussianDiffusion] = None
         self._ema_step = -1
+        self._baseline_sanity_steps: Optional[float] = None  # fit: the trainer's own, while the baseline replaces it
         self._val_preview: Optional[Dict[str, torch.Tensor]] = None
         self.val_denoising = nn.ModuleDict()
         self.weights_loaded = False
@@ -547,14 +549,41 @@ class GDPModule(L.LightningModule):
             self._metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("validate")
-        if self.trainer.state.fn == "fit":
-            for key, metric in self.val_denoising.items():
-                if metric.update_called or self.trainer.world_size > 1:
-                    self.log(f"validate/denoising_{key}", metric.compute(), rank_zero_only=True)
-                metric.reset()
-            if not self.trainer.sanity_checking:
-                self._log_fit_validation()
+        fitting = self.trainer.state.fn == "fit"
+        # fit's baseline runs as the sanity check, whose self.log values Lightning discards: they go to the
+        # loggers at step 0 here
+        baseline = fitting and self.trainer.sanity_checking and self._baseline_sanity_steps is not None
+        with self._recording_logs(baseline) as logged:
+            self._eval_epoch_end("validate")
+            if fitting:
+                for key, metric in self.val_denoising.items():
+                    if metric.update_called or self.trainer.world_size > 1:
+                        self.log(f"validate/denoising_{key}", metric.compute(), rank_zero_only=True)
+                    metric.reset()
+        if baseline and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({k: float(v) for k, v in logged.items()}, step=self.trainer.global_step)
+        if fitting and (baseline or not self.trainer.sanity_checking):
+            self._log_fit_validation()
+
+    @contextlib.contextmanager
+    def _recording_logs(self, enabled: bool) -> Iterator[Dict[str, Any]]:
+        """While ``enabled``, what ``self.log`` logs is also collected in the dict this yields (name: value)."""
+        logged: Dict[str, Any] = {}
+        if not enabled:
+            yield logged
+            return
+        log = self.log
+
+        def record(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            logged[name] = value
+            log(name, value, *args, **kwargs)
+
+        self.__dict__["log"] = record  # shadows the method for this instance only
+        try:
+            yield logged
+        finally:
+            del self.__dict__["log"]
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
@@ -602,6 +631,20 @@ class GDPModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._require_weights()
         self._ema_step = self.trainer.global_step
+        # the baseline (training.baseline_validation): a fresh run validates the starting prior on the whole
+        # validation set, as Lightning's sanity check (at step 0, before training); a resumed run does not
+        if self.training_settings.baseline_validation and self.trainer.ckpt_path is None:
+            self._baseline_sanity_steps = self.trainer.num_sanity_val_steps
+            self.trainer.num_sanity_val_steps = float("inf")
+
+    def _end_baseline(self) -> None:
+        """The trainer's own sanity-check setting again (the baseline is over, or the run resumes)."""
+        if self._baseline_sanity_steps is not None:
+            self.trainer.num_sanity_val_steps = self._baseline_sanity_steps
+            self._baseline_sanity_steps = None
+
+    def on_train_start(self) -> None:
+        self._end_baseline()
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The improved-DDPM loss of a batch of clean crops; sample i's timestep and noise come from (seed, i)."""
@@ -646,6 +689,7 @@ class GDPModule(L.LightningModule):
         ema = {k[len("ema_unet."):]: v for k, v in state.items() if k.startswith("ema_unet.")}
         own = set(self.state_dict())
         if fitting:
+            self._end_baseline()  # a resumed run (restored after on_fit_start by some strategies)
             if self.ema_unet is not None and not ema:  # resuming a run without EMA: start the EMA from its weights
                 state.update({"ema_unet." + k[len("unet."):]: v for k, v in list(state.items())
                               if k.startswith("unet.")})
@@ -732,6 +776,7 @@ class GDPModule(L.LightningModule):
             "quality": [f"{q.name}: weight {q.weight}{' x scale' if q.relative else ''}" for q in self.quality],
             "sampler": dataclasses.asdict(self.settings),
             "seed": self.seed,
+            "precision": self.precision_name or "fp32",
             "checkpoint": str(Path(self.prior.checkpoint).resolve()) if self.prior.checkpoint else None,
         }
 

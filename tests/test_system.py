@@ -469,9 +469,20 @@ def test_predict_resumes_and_overwrites(tiny_prior, photos16, tmp_path, capfd):
         assert (out / f"{n}.png").read_bytes() == first[n]
 
     age(out)
-    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options)
-    assert rc == 0, err
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options, "--model.sampler.tile_batch", "3")
+    assert rc == 0, err  # a setting that does not change the results: resumes
     assert not {f"im{i}.{ext}" for i in range(3) for ext in ("png", "json")} & set(rewritten(out))  # all done
+    # the record is of the run that restored im1 and im2 and names when the run that made im0 started
+    assert len(json.loads((out / "run.json").read_text())["earlier_starts"]) == 1
+
+    # settings that change the results do not mix with the outputs of the earlier ones
+    for option, value in (("--model.sampler.scale", "123"), ("--model.seed", "5")):
+        age(out)
+        rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options, option, value)
+        assert rc == 2
+        line = error_line(err)
+        assert str(out) in line and option.split(".")[-1] in line and "--writer.overwrite" in line
+        assert not rewritten(out)  # nothing written, not even the run record
 
     rc, err = gdp(capfd, logs, "predict", tiny_prior, "sr4", *options, "--writer.overwrite", "true")
     assert rc == 0, err
