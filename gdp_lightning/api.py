@@ -165,8 +165,8 @@ def restore(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if getattr(module, "prepared_stage", None) != "predict":  # a reused module is set up once
         module.setup("predict")
-    module._require_weights()
     module.to(device)
+    module._start_restoring()
     single = isinstance(images, torch.Tensor)
     batches = [_as_batch_tensor(images)] if single else [_as_batch_tensor(im) for im in images]
     results: List[Dict[str, Any]] = []

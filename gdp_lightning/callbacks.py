@@ -344,6 +344,7 @@ class RestorationWriter(Callback):
                            for p in self.directory.rglob("*.json") if p.parent != self.directory
                            or p.stem not in RESERVED)
         rows: List[Dict[str, Any]] = []
+        indices: Dict[str, int] = {}
         for name in names:
             path = self.directory / f"{name}.json"
             if not path.is_file():
@@ -353,6 +354,7 @@ class RestorationWriter(Callback):
                 if "metrics" not in entry:
                     continue
                 rows.append({"name": name, "scale": entry["scale"], **entry.get("metrics", {})})
+                indices[name] = record.get("index", len(indices))
         columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale"})
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -370,6 +372,24 @@ class RestorationWriter(Callback):
         summary = {"images": len({r["name"] for r in rows}), "mean_by_scale": means,
                    "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
         _json_dump(self.directory / "metrics.json", summary)
+        if trainer.state.fn == "predict":  # validate and test log their means through the module
+            self._log_predict_metrics(trainer, rows, indices, means)
+
+    @staticmethod
+    def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],
+                             means: Dict[str, Dict[str, float]]) -> None:
+        """To the loggers (TensorBoard): ``predict/<metric>`` per image (the step is the input's index) and
+        ``predict/mean_<metric>`` (step 0); with a scale sweep, one series per scale (``.../s<scale>``)."""
+        sweep = len(means) > 1
+        for row in rows:
+            suffix = f"/s{row['scale']:g}" if sweep else ""
+            values = {f"predict/{k}{suffix}": float(v) for k, v in row.items() if k not in ("name", "scale")}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=indices[row["name"]])
+        for scale, mean in means.items():
+            suffix = f"/s{scale}" if sweep else ""
+            for logger in trainer.loggers:
+                logger.log_metrics({f"predict/mean_{k}{suffix}": v for k, v in mean.items()}, step=0)
 
 
 class TrajectoryLogger(Callback):

@@ -12,6 +12,7 @@ fetch, from where and into which folder.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -350,25 +351,38 @@ class ImageMetrics:
     :param names: metric names, from :data:`METRIC_NAMES`
     :param lpips_net: the LPIPS backbone
     :param fid_feature_extractor: ``None`` for the standard Inception, else a TorchScript file (see :class:`FID`)
+    :param groups: the sets of images that get one FID each, by suffix (a scale sweep: ``["/s500", "/s2000"]``,
+        reported as ``fid/s500``, ``fid/s2000``); default one set, ``fid``
     """
 
-    def __init__(self, names: Sequence[str], lpips_net: str = "alex", fid_feature_extractor: Optional[str] = None):
+    def __init__(self, names: Sequence[str], lpips_net: str = "alex", fid_feature_extractor: Optional[str] = None,
+                 groups: Sequence[str] = ("",)):
         if isinstance(names, str):
             names = [names]
         unknown = [n for n in names if n not in METRIC_NAMES]
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; known metrics: {', '.join(METRIC_NAMES)}")
         self.names = tuple(dict.fromkeys(names))
+        self.groups = tuple(dict.fromkeys(groups)) or ("",)
         self.lpips = LPIPS(lpips_net) if "lpips" in self.names else None
-        self.fid = FID(fid_feature_extractor) if "fid" in self.names else None
-        self._fid_seen = 0
+        self.fids: Dict[str, FID] = {}
+        if "fid" in self.names:
+            self.fids[self.groups[0]] = FID(fid_feature_extractor)
+            for group in self.groups[1:]:  # the same network, separate statistics
+                self.fids[group] = copy.deepcopy(self.fids[self.groups[0]])
+        self._fid_seen = {group: 0 for group in self.fids}
+
+    @property
+    def fid(self) -> Optional[FID]:
+        """The FID of the first group (the only one without a sweep)."""
+        return self.fids.get(self.groups[0])
 
     def to(self, device: Union[str, torch.device]) -> "ImageMetrics":
         """Move the networks to ``device``; returns ``self``."""
         if self.lpips is not None:
             self.lpips.to(device)
-        if self.fid is not None:
-            self.fid.to(device)
+        for fid in self.fids.values():
+            fid.to(device)
         return self
 
     def per_image(
@@ -379,6 +393,7 @@ class ImageMetrics:
         ax: Optional[Tensor] = None,
         y: Optional[Tensor] = None,
         low: Optional[Tensor] = None,
+        group: Optional[str] = None,
     ) -> Dict[str, Tensor]:
         """The per-image metrics whose inputs are given (the others are skipped); also feeds FID with ``(x, gt)``.
 
@@ -388,6 +403,7 @@ class ImageMetrics:
         :param y: the observation, for the consistency
         :param low: the low-light input of the same size as ``x``, for the LOE (default: ``y`` when it has ``x``'s
             shape)
+        :param group: which FID the images feed (one of ``groups``; default the first)
         :return: name -> ``(N,)`` float64 on the CPU, in the order of ``names``
         """
         out: Dict[str, Tensor] = {}
@@ -410,8 +426,9 @@ class ImageMetrics:
                     continue
                 value = lightness_order_error(x, reference)
             else:  # fid: dataset-level
-                self.fid.update(x, gt)
-                self._fid_seen += x.shape[0]
+                group = self.groups[0] if group is None else group
+                self.fids[group].update(x, gt)
+                self._fid_seen[group] += x.shape[0]
                 continue
             out[name] = value.detach().to("cpu", torch.float64)
         return out
@@ -422,17 +439,20 @@ class ImageMetrics:
 
         :param synchronize: compute even if this process saw no ground truth (under DDP every process must
             join the synchronisation inside ``compute()``, also one that got no images)."""
-        if self.fid is None or (self._fid_seen == 0 and not synchronize):
-            return {}
-        try:  # compute() synchronises the processes under DDP, so every process must call it
-            return {"fid": self.fid.compute()}
-        except RuntimeError as e:
-            if "More than one sample" not in str(e):
-                raise
-            return {"fid": float("nan")}
+        out: Dict[str, float] = {}
+        for group, fid in self.fids.items():  # the same order on every process
+            if self._fid_seen[group] == 0 and not synchronize:
+                continue
+            try:  # compute() synchronises the processes under DDP, so every process must call it
+                out[f"fid{group}"] = fid.compute()
+            except RuntimeError as e:
+                if "More than one sample" not in str(e):
+                    raise
+                out[f"fid{group}"] = float("nan")
+        return out
 
     def reset(self) -> None:
         """Forget the dataset-level accumulations."""
-        if self.fid is not None:
-            self.fid.reset()
-        self._fid_seen = 0
+        for fid in self.fids.values():
+            fid.reset()
+        self._fid_seen = {group: 0 for group in self.fids}

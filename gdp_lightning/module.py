@@ -271,7 +271,7 @@ class GDPModule(L.LightningModule):
             self._labels = read_labels(self.labels_file)
         self._check_inputs()
         self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
-                                     fid_feature_extractor=self.fid_feature_extractor)
+                                     fid_feature_extractor=self.fid_feature_extractor, groups=self._scale_suffixes())
         keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in self.metric_names if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
         self.prepared_stage = stage
@@ -456,7 +456,7 @@ class GDPModule(L.LightningModule):
                 names, indices, seeds, batch.get("path", [None] * len(names)), batch.get("bits", [8] * len(names)),
                 batch.get("alpha", [None] * len(names)), gray_out)
         ]
-        for scale in scales:
+        for scale, suffix in zip(scales, self._scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
             sampler = self.make_sampler(scale)
             try:
@@ -470,11 +470,14 @@ class GDPModule(L.LightningModule):
                                             "losses": {}, "metrics": {}})
                 continue
             full = to_8bit(result.images)
+            if any(gray_out):  # metrics of what the file holds: one channel, the mean of the three
+                gray = torch.tensor(gray_out, device=full.device)[:, None, None, None]
+                full = torch.where(gray, to_8bit(result.images.mean(1, keepdim=True)).expand_as(full), full)
             with torch.no_grad():
                 ax = self.degradation(full)[..., :oh, :ow]
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
             values = {} if self._metrics is None else self._metrics.per_image(
-                full[..., :out_h, :out_w], gt=gt, ax=ax, y=y[..., :oh, :ow], low=low)
+                full[..., :out_h, :out_w], gt=gt, ax=ax, y=y[..., :oh, :ow], low=low, group=suffix)
             restored = result.images[..., :out_h, :out_w]  # full precision: 16-bit outputs keep it
             phi = result.phi
             if any(pad):  # per-pixel φ (an illumination map M) was made at the padded size: crop it as the image
@@ -560,9 +563,13 @@ class GDPModule(L.LightningModule):
                     if metric.update_called or self.trainer.world_size > 1:
                         self.log(f"validate/denoising_{key}", metric.compute(), rank_zero_only=True)
                     metric.reset()
+                # the loggers' step of fit's validation metrics: the optimizer steps done, as the images' (else
+                # Lightning uses the step of the last training batch, one less); the baseline's is 0
+                self.log("step", float(self.trainer.global_step))
         if baseline and self.trainer.is_global_zero:
+            values = {k: float(v) for k, v in logged.items() if k != "step"}
             for logger in self.loggers:
-                logger.log_metrics({k: float(v) for k, v in logged.items()}, step=self.trainer.global_step)
+                logger.log_metrics(values, step=self.trainer.global_step)
         if fitting and (baseline or not self.trainer.sanity_checking):
             self._log_fit_validation()
 
@@ -588,17 +595,20 @@ class GDPModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def on_predict_start(self) -> None:
+    def _start_restoring(self) -> None:
         self._require_weights()
         self.require_gradients()
+        if self._metrics is not None:  # LPIPS and FID networks run where the model runs
+            self._metrics.to(self.device)
+
+    def on_predict_start(self) -> None:
+        self._start_restoring()
 
     def on_test_start(self) -> None:
-        self._require_weights()
-        self.require_gradients()
+        self._start_restoring()
 
     def on_validation_start(self) -> None:
-        self._require_weights()
-        self.require_gradients()
+        self._start_restoring()
 
     # ------------------------------------------------------------ fine-tuning
     def _setup_fit(self) -> None:

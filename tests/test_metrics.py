@@ -360,3 +360,14 @@ def test_image_metrics_lpips_and_fid(monkeypatch, tmp_path, fake_alexnet_home, e
     assert im.dataset() == {}
     im.per_image(x[:1], gt=gt[:1])
     assert math.isnan(im.dataset()["fid"])  # one image: FID undefined
+
+    # a scale sweep: one FID per scale, each over its own images
+    sweep = ImageMetrics(["fid"], fid_feature_extractor=str(extractor_file), groups=["/s1", "/s2"])
+    sweep.per_image(x, gt=gt, group="/s1")
+    sweep.per_image(x * 0.3, gt=gt, group="/s2")
+    darker = FID(str(extractor_file))
+    darker.update(x * 0.3, gt)
+    values = sweep.dataset()
+    assert set(values) == {"fid/s1", "fid/s2"}
+    assert values["fid/s1"] == pytest.approx(ref.compute(), rel=1e-6)
+    assert values["fid/s2"] == pytest.approx(darker.compute(), rel=1e-6)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Sequence
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,6 +257,10 @@ def test_gray_input_gives_gray_output(tiny_prior, crops, tmp_path, capfd):
                   "--writer.output_dir", str(tmp_path / "out"))
     assert rc == 0, err
     assert png_size(tmp_path / "out" / "g.png") == ((64, 64), "L")
+    # the consistency is that of the file written: A(gray output) against the input
+    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "g.png"))).double() / 255
+    expected = float(((F.avg_pool2d(written[None, None], 4)[0, 0] - gray.double() / 255) * 255).pow(2).mean())
+    assert record(tmp_path / "out", "g")["results"][0]["metrics"]["consistency"] == pytest.approx(expected, rel=1e-4)
 
 
 # ----------------------------------------------------------------------- 3. every task on the skimage64 prior
@@ -448,6 +453,27 @@ def test_evaluation_writes_metrics_and_tensorboard(stage, tiny_prior, crops, tmp
     assert f"x0/{stage}/c2" not in images and f"loss/{stage}/c2/data" not in scalars  # num_batches 1
 
 
+def test_predict_logs_metrics_and_phi_to_tensorboard(tiny_prior, photos16, tmp_path, capfd):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    rc, err = gdp(capfd, logs, "predict", tiny_prior, "lowlight", "--data.input_dir", str(photos16),
+                  "--data.batch_size", "3", "--writer.output_dir", str(out), steps=3, scale=100.0)
+    assert rc == 0, err
+    acc = events(logs)
+    # per image (the step is its index) and the mean, as in metrics.csv / metrics.json (real photos: no PSNR)
+    rows = read_rows(out / "metrics.csv")
+    logged = acc.Scalars("predict/consistency")
+    assert [e.step for e in logged] == [0, 1, 2]
+    assert [e.value for e in logged] == [pytest.approx(float(r["consistency"]), rel=1e-5) for r in rows]
+    mean = json.loads((out / "metrics.json").read_text())["mean_by_scale"]["100"]["consistency"]
+    assert [e.value for e in acc.Scalars("predict/mean_consistency")] == [pytest.approx(mean, rel=1e-5)]
+    assert "predict/psnr" not in acc.Tags()["scalars"]
+    # φ at every diffusion step: the learned gain f of the first images ends where the record says
+    for name in ("im0", "im1"):
+        f = acc.Scalars(f"phi/predict/{name}/f")
+        assert [e.step for e in f] == [1, 2, 3]
+        assert f[-1].value == pytest.approx(record(out, name)["results"][0]["phi"]["f"], rel=1e-4, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- 5. resume
 def test_predict_resumes_and_overwrites(tiny_prior, photos16, tmp_path, capfd):
     out, logs = tmp_path / "out", tmp_path / "logs"
@@ -606,6 +632,24 @@ def test_scale_sweep(tiny_prior, photos16, tmp_path, capfd):
     assert [(r["name"], float(r["scale"])) for r in rows] == [
         (f"im{i}", s) for i in range(3) for s in (500.0, 2000.0)]
     assert set(json.loads((out / "metrics.json").read_text())["mean_by_scale"]) == {"500", "2000"}
+
+
+def test_scale_sweep_with_ground_truth_reports_one_fid_per_scale(tiny_prior, crops, tmp_path, capfd):
+    from .test_metrics import _TinyFeatures
+
+    extractor = tmp_path / "features.pt"
+    torch.jit.save(torch.jit.script(_TinyFeatures()), str(extractor))
+    clean = write_images(tmp_path / "clean", crops[:3], ["c0", "c1", "c2"])
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    rc, err = gdp(capfd, logs, "test", tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode",
+                  "synthetic", "--data.batch_size", "3", "--model.sampler.scales", "[500, 2000]",
+                  "--model.metrics", "[psnr, fid]", "--model.fid_feature_extractor", str(extractor),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    dataset = json.loads((out / "metrics.json").read_text())["dataset"]
+    assert set(dataset) == {"fid/s500", "fid/s2000"} and dataset["fid/s500"] != dataset["fid/s2000"]
+    tags = events(logs).Tags()["scalars"]
+    assert {"test/fid/s500", "test/fid/s2000", "test/psnr/s500", "test/psnr/s2000"} <= set(tags)
 
 
 # ---------------------------------------------------------------------------------------------- 9. Python API
