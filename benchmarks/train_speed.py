@@ -5,20 +5,27 @@ the peak memory, with and without gradient checkpointing.
     python benchmarks/train_speed.py --preset imagenet256_uncond --batch 8 --precision bf16 \\
         --checkpointing both --device cuda                                                     # GPU
 
-The step is the one of ``gdp fit`` (:meth:`GDPModule.training_step`): uniform timesteps, the improved-DDPM loss
-of the diffusion core, AdamW; bf16 runs the UNet under autocast with float32 weights (Lightning's bf16-mixed).
-Random weights and data: the speed does not depend on them.
+The timed step is the work of one ``gdp fit`` optimizer step (:meth:`GDPModule.training_step` and the EMA update of
+:meth:`GDPModule.on_train_batch_end`), written as a plain loop: uniform timesteps and Gaussian noise, the
+improved-DDPM hybrid loss of the diffusion core (:meth:`GaussianDiffusion.training_losses`), backward, gradient
+clipping at norm 1 (configs/finetune.yaml), AdamW, and the EMA update of the weights
+(:func:`gdp_lightning.training.update_ema`, decay 0.9999 with the warm-up). bf16 runs the UNet under autocast with
+float32 weights (Lightning's bf16-mixed). Not timed: data loading, Lightning's loop and logging, the seeded per-sample
+generators of the timesteps and noise, validation and checkpoints. Random weights and data: the speed does not
+depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
 
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.prior import get_preset, preset_names
+from gdp_lightning.training import ema_decay_at, update_ema
 
 
 def measure(preset: str, batch: int, precision: str, checkpointing: bool, device: str, steps: int, warmup: int):
@@ -27,6 +34,8 @@ def measure(preset: str, batch: int, precision: str, checkpointing: bool, device
     model.set_compute_dtype(torch.float32)
     model.set_gradient_checkpointing(checkpointing)
     diffusion = GaussianDiffusion.from_prior(spec)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    ema.set_gradient_checkpointing(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = spec.unet.image_size
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -36,7 +45,7 @@ def measure(preset: str, batch: int, precision: str, checkpointing: bool, device
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    def step():
+    def step(number: int):
         t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
         with autocast:
             loss = diffusion.training_losses(model, x, t, model_kwargs=kwargs)["loss"].mean()
@@ -44,14 +53,15 @@ def measure(preset: str, batch: int, precision: str, checkpointing: bool, device
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        update_ema(ema, model, ema_decay_at(number, 0.9999, True))
 
-    for _ in range(warmup):
-        step()
+    for number in range(warmup):
+        step(number)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for number in range(warmup, warmup + steps):
+        step(number)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps

@@ -53,6 +53,12 @@ class TrainingSettings:
     :param gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory, ~30 % slower).
     :param val_samples: validation: unconditional samples logged to TensorBoard as a grid (0 = none).
     :param val_sample_steps: validation: sampling steps of those samples (respacing string).
+    :param baseline_validation: a fresh run (not a resumed one) first validates the starting prior on the whole
+        validation set and logs it at step 0 (metrics, restorations and samples), so that TensorBoard shows the
+        prior improve from where it started. It runs as Lightning's sanity check, which it replaces (the trainer's
+        ``num_sanity_val_steps`` applies to resumed runs only). A resumed run does not repeat it: with
+        configs/finetune.yaml a checkpoint is written after each validation, so the step it resumes at was
+        validated already. Validations are logged at the number of optimizer steps done (0, then e.g. 100, 200).
     """
 
     lr: float = 1e-4
@@ -65,6 +71,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = False
     val_samples: int = 16
     val_sample_steps: str = "50"
+    baseline_validation: bool = True
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
