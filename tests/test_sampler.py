@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from gdp_lightning.degradations import (
     HDR,
     Blur,
     Colorization,
+    Compose,
     Inpainting,
     LowLight,
     SuperResolution,
@@ -18,7 +20,7 @@ from gdp_lightning.degradations import (
     random_mask,
 )
 from gdp_lightning.diffusion import GaussianDiffusion
-from gdp_lightning.losses import ExposureControl
+from gdp_lightning.losses import ColorConstancy, ExposureControl
 from gdp_lightning.prior.spec import DiffusionSettings
 from gdp_lightning.sampling import GDPSampler, GuidanceDivergedError, QualityTerm, Tiler, tile_starts
 
@@ -32,6 +34,16 @@ def _diffusion(steps="5") -> GaussianDiffusion:
 @pytest.fixture(scope="module")
 def unet():
     return _tiny()  # image_size 32, downsampling factor 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a busy two-core machine two OpenMP threads of these tiny models wait for each other
+    far longer than they compute (a 5-step restore goes from 0.1 s to several seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ tiling
@@ -57,21 +69,67 @@ def test_tiler_merge_averages_and_split_roundtrips():
     assert torch.allclose(merged[0], torch.full((3, 45, 37), 3.0)) and torch.allclose(merged[1], torch.ones(3, 45, 37))
 
 
-def test_model_size_image_is_the_same_tiled_and_untiled(unet):
-    y = SuperResolution(4)(torch.rand(2, 3, 32, 32))
-    kw = dict(scale=2000.0)
-    tiled = GDPSampler(unet, _diffusion(), SuperResolution(4), tile_size=32, **kw).restore(y, seeds=[3, 4])
-    whole = GDPSampler(unet, _diffusion(), SuperResolution(4), whole_image=True, **kw).restore(y, seeds=[3, 4])
-    assert torch.equal(tiled.images, whole.images)
+class PointwiseUNet(nn.Module):
+    """A fake prior that acts on every pixel alone (a 1x1 "convolution" of x and t, no position): tiles averaged
+    over their overlaps must then reproduce the whole-image forward exactly."""
+
+    image_size = 16
+    num_classes = None
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("mix", torch.randn(6, 3, generator=g) * 0.5)
+        self.register_buffer("bias", torch.randn(6, generator=g) * 0.2)
+
+    def forward(self, x, t, y=None):
+        s = (t.float() / 1000).view(-1, 1, 1, 1)
+        h = torch.einsum("oc,nchw->nohw", self.mix, x) + self.bias.view(1, -1, 1, 1) * (1 + s)
+        eps, var = torch.tanh(h).split(3, dim=1)
+        return torch.cat([eps + 0.3 * x * s, var], dim=1)  # ε and the variance interpolation in [-1, 1]
 
 
-@pytest.mark.parametrize("size", [(45, 37), (33, 64)])
-def test_any_size_restores_in_tiles(unet, size):
-    mask = random_mask(*size, 0.5, torch.Generator().manual_seed(0))
-    y = Inpainting(mask)(torch.rand(1, 3, *size))
-    sampler = GDPSampler(unet, _diffusion(), Inpainting(mask), 4000.0, tile_overlap=8)
-    out = sampler.restore(y)
-    assert out.images.shape == (1, 3, *size) and torch.isfinite(out.images).all()
+@pytest.mark.parametrize("size", [(45, 70), (33, 16)])
+def test_tiles_reproduce_the_whole_image_with_a_pointwise_prior(size):
+    """The tiled path (forced: tiles of 16 on a larger, odd, non-square image, overlap 5) against one forward on
+    the whole image, through a blind deblurring whose kernel and guidance cross tile borders."""
+    mask = random_mask(*size, 0.3, torch.Generator().manual_seed(1))
+    y = Inpainting(mask)(Blur(gaussian_kernel(5, 1.0), padding="reflect")(torch.rand(2, 3, *size)))
+
+    def run(**kw):
+        deg = Compose([Blur(kernel_size=5, learnable=True, padding="reflect"), Inpainting(mask)])
+        quality = [QualityTerm(ExposureControl(patch_size=4), 0.01, relative=True)]
+        return GDPSampler(PointwiseUNet(), _diffusion(), deg, 3000.0, quality=quality, **kw).restore(y, seeds=[5, 6])
+
+    whole = run(whole_image=True)
+    tiled = [run(tile_overlap=5, tile_batch=b) for b in (1, 7)]
+    sampler = GDPSampler(PointwiseUNet(), _diffusion(), Inpainting(mask), 1.0, tile_overlap=5)
+    assert sampler.tiler(*size).num_tiles > 1  # the tiled path really ran
+    for out in tiled:
+        assert torch.allclose(out.images, whole.images, atol=1e-5, rtol=0)
+        assert torch.allclose(out.phi["0.kernel"], whole.phi["0.kernel"], atol=1e-5, rtol=0)
+    assert torch.allclose(tiled[0].images, tiled[1].images, atol=1e-6, rtol=0)  # tile_batch changes nothing
+    assert not torch.allclose(whole.images[0], whole.images[1], atol=1e-2)  # the seeds matter: not a constant
+
+
+def test_model_size_image_is_the_same_tiled_and_untiled(unet, monkeypatch):
+    """At exactly the prior's size the sampler skips the tiler; its one-tile path must give the same result."""
+    deg = SuperResolution(4)
+    sampler = GDPSampler(unet, _diffusion(), deg, 2000.0, tile_size=32)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 3])
+    whole, tiled = sampler._forward_whole(x, t, None), sampler._forward_tiled(x, t, None)
+    assert sampler.tiler(32, 32).num_tiles == 1
+    for name in ("mean", "log_variance", "pred_xstart"):
+        assert torch.allclose(getattr(tiled, name), getattr(whole, name), atol=1e-6, rtol=0), name
+
+    y = deg(torch.rand(2, 3, 32, 32))
+    untiled = GDPSampler(unet, _diffusion(), SuperResolution(4), 2000.0, tile_size=32).restore(y, seeds=[3, 4])
+    forced = GDPSampler(unet, _diffusion(), SuperResolution(4), 2000.0, tile_size=32)
+    monkeypatch.setattr(forced, "_forward_whole", forced._forward_tiled)  # every step through the tiler
+    assert torch.allclose(forced.restore(y, seeds=[3, 4]).images, untiled.images, atol=1e-6, rtol=0)
+
+
+def test_any_size_needs_tiles_at_least_the_prior(unet):
     with pytest.raises(ValueError, match=r"20x40, smaller than the prior's 32x32 tiles"):
         GDPSampler(unet, _diffusion(), SuperResolution(2), 1.0).restore(torch.rand(1, 3, 10, 20))
 
@@ -170,6 +228,145 @@ def test_phi_update_order(unet, order):
         sampler.conversion(32, 32) * 900.0 * ((probe((x0 + 1) / 2) - y) ** 2).mean(), x0
     )
     assert torch.allclose(mean, mv.mean - grad, atol=1e-6)
+
+
+def test_several_phi_steps_per_diffusion_step(unet):
+    """phi_steps=3: three successive plain gradient steps of φ's objective on the same x̃0 (not one step, nor one
+    step three times as long); the guidance still uses φ from before them."""
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([3])
+    y = 0.3 * torch.rand(1, 3, 32, 32) + 0.1
+
+    def make():
+        op = LowLight(init="identity", smoothness=0.5)
+        op.init_parameters(1, 32, 32)
+        return op
+
+    moved = {}
+    for k in (1, 3):
+        deg = make()
+        sampler = GDPSampler(unet, _diffusion("10"), deg, 900.0, phi_optimizer="sgd", phi_lr=0.7, phi_steps=k)
+        _, mean, mv, _ = sampler.guided_step(x, t, y, optimizer=sampler.make_optimizer())
+        moved[k] = (deg.f.detach().clone(), deg.M.detach().clone())
+        ref = make()  # k plain gradient steps, written out
+        for _ in range(k):
+            objective = ((ref((mv.pred_xstart + 1) / 2) - y) ** 2).mean() + ref.regularization().sum()
+            gf, gm = torch.autograd.grad(objective, [ref.f, ref.M])
+            ref.set_parameters(f=ref.f.detach() - 0.7 * gf, M=ref.M.detach() - 0.7 * gm)
+        assert torch.allclose(moved[k][0], ref.f, atol=1e-6) and torch.allclose(moved[k][1], ref.M, atol=1e-6)
+        x0 = mv.pred_xstart.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(sampler.conversion(32, 32) * 900.0 * ((make()((x0 + 1) / 2) - y) ** 2).mean(), x0)
+        assert torch.allclose(mean, mv.mean - grad, atol=1e-6)  # guided with φ before its steps
+    step1 = moved[1][0] - 1.0
+    assert not torch.allclose(moved[3][0], moved[1][0], atol=1e-4)
+    assert not torch.allclose(moved[3][0] - 1.0, 3 * step1, atol=1e-4)  # the gradient is taken anew each step
+
+
+def test_l1_data_loss_pushes_by_the_sign_of_the_residual(unet):
+    """data_loss="l1": ∇ Σ_b mean|m⊙x' − y| = m⊙sign(m⊙x' − y)/(2·C·H·W), x' = (x̃0+1)/2: the same push on every
+    observed pixel whatever the size of its residual, in the direction of the MSE push."""
+    mask = random_mask(32, 32, 0.4, torch.Generator().manual_seed(2))
+    deg = Inpainting(mask)
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([5, 5]), torch.rand(2, 3, 32, 32) * mask
+    s = 700.0
+    pushes = {}
+    for loss in ("l1", "mse"):
+        sampler = GDPSampler(unet, _diffusion("10"), deg, s, data_loss=loss, scale_convention="raw")
+        _, mean, mv, terms = sampler.guided_step(x, t, y)
+        pushes[loss] = mv.mean - mean
+    residual = deg((mv.pred_xstart + 1) / 2) - y
+    assert torch.allclose(terms["data"], (residual**2).mean((1, 2, 3)))  # the last run: mse
+    expected = s * mask * torch.sign(residual) / (2 * 3 * 32 * 32)
+    assert torch.allclose(pushes["l1"], expected, atol=1e-7, rtol=1e-5)
+    observed = (mask.bool() & (residual != 0)).expand_as(residual)
+    assert torch.allclose(pushes["l1"][observed].abs(), torch.tensor(s / 6144.0))
+    assert torch.equal(torch.sign(pushes["l1"][observed]), torch.sign(pushes["mse"][observed]))
+    ratio = pushes["mse"][observed] / pushes["l1"][observed]  # MSE: proportional to the residual
+    assert ratio.std() > 0.1 * ratio.mean()
+
+
+def test_ddim_at_eta_zero_does_not_depend_on_later_noise(unet, monkeypatch):
+    """With η = 0 and the same x_T, DDIM's result is a function of x_T alone: the noise of the later steps (other
+    generators here) changes nothing; at η = 1 it does."""
+    import gdp_lightning.sampling.gdp as gdp_module
+
+    x_T = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    y = SuperResolution(2)(torch.rand(1, 3, 32, 32))
+
+    def restore(eta, later_seed):
+        later = torch.Generator().manual_seed(later_seed)
+        calls = []
+
+        def noise(shape, generators=None, device=None, dtype=torch.float32):
+            calls.append(shape)
+            return x_T.clone() if len(calls) == 1 else torch.randn(tuple(shape), generator=later, dtype=dtype)
+
+        monkeypatch.setattr(gdp_module, "randn", noise)
+        sampler = GDPSampler(unet, _diffusion(), SuperResolution(2), 2000.0, method="ddim", eta=eta)
+        return sampler.restore(y, seeds=[later_seed]).images
+
+    assert torch.equal(restore(0.0, 1), restore(0.0, 2))
+    assert not torch.allclose(restore(1.0, 1), restore(1.0, 2), atol=1e-3)
+    # the step itself: at η = 0 the noise passed in is ignored
+    x, t, y = torch.randn(1, 3, 32, 32), torch.tensor([4]), torch.rand(1, 3, 16, 16)
+    sampler = GDPSampler(unet, _diffusion("10"), SuperResolution(2), 2000.0, method="ddim", eta=0.0)
+    steps = [sampler.guided_step(x, t, y, noise=noise)[0] for noise in (torch.randn_like(x), torch.randn_like(x), None)]
+    assert torch.equal(steps[0], steps[1]) and torch.equal(steps[0], steps[2])
+
+
+def test_smoothness_one_is_the_papers_tv_weight_s(unet):
+    """The paper's low-light objective s·D + s/100·L_exp + s/200·L_col + s·TV(M): the guidance is its gradient in
+    x̃0, and φ's plain step (lr 1) with smoothness 1 is its gradient in φ divided by s (the official step on D)."""
+    s, x, t = 5000.0, torch.randn(1, 3, 32, 32), torch.tensor([3])
+    y = 0.2 * torch.rand(1, 3, 32, 32) + 0.05
+
+    def make():
+        op = LowLight(smoothness=1.0)
+        op.init_parameters(1, 32, 32, [torch.Generator().manual_seed(3)])
+        return op
+
+    exposure = ExposureControl(patch_size=8, target=0.3, value_range="[-1,1]")
+    color = ColorConstancy(value_range="[-1,1]")
+    quality = [QualityTerm(exposure, 1 / 100, relative=True), QualityTerm(color, 1 / 200, relative=True)]
+    deg = make()
+    sampler = GDPSampler(unet, _diffusion("10"), deg, s, scale_convention="raw", quality=quality,
+                         phi_optimizer="sgd", phi_lr=1.0)
+    _, mean, mv, _ = sampler.guided_step(x, t, y, optimizer=sampler.make_optimizer())
+
+    ref = make()
+    x0 = mv.pred_xstart.detach().requires_grad_(True)
+    tv = 2 * ((ref.M[..., 1:, :] - ref.M[..., :-1, :]).pow(2).mean() + (ref.M[..., 1:] - ref.M[..., :-1]).pow(2).mean())
+    paper = (s * ((ref((x0 + 1) / 2) - y) ** 2).mean() + s / 100 * exposure(x0).sum() + s / 200 * color(x0).sum()
+             + s * tv)
+    gx, gf, gm = torch.autograd.grad(paper, [x0, ref.f, ref.M])
+    assert torch.allclose(mean, mv.mean - gx, atol=1e-6)
+    assert torch.allclose(deg.f.detach(), ref.f.detach() - gf / s, atol=1e-6)
+    assert torch.allclose(deg.M.detach(), ref.M.detach() - gm / s, atol=1e-7)
+    assert not torch.allclose(deg.M.detach(), ref.M.detach(), atol=1e-9)
+
+
+def test_shared_hdr_phi_step_at_lr_one_third_is_the_official_average(unet):
+    """The official HDR step moves the shared f and M by each exposure's data term from the same start and averages
+    the three results; φ's objective here sums the exposures, so lr 1/3 (configs/task/paper/hdr.yaml) is that step."""
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([3])
+    y = torch.cat([g * torch.rand(1, 3, 32, 32) for g in (0.2, 0.5, 0.9)], dim=1)
+
+    def make():
+        op = HDR(3, shared=True)
+        op.init_parameters(1, 32, 32, [torch.Generator().manual_seed(4)])
+        return op
+
+    deg = make()
+    sampler = GDPSampler(unet, _diffusion("10"), deg, 900.0, phi_optimizer="sgd", phi_lr=1 / 3)
+    _, _, mv, _ = sampler.guided_step(x, t, y, optimizer=sampler.make_optimizer())
+    ref = make()
+    x1 = (mv.pred_xstart + 1) / 2
+    steps = []
+    for e in range(3):
+        mse = ((ref.f * x1 + ref.M - y[:, 3 * e : 3 * e + 3]) ** 2).mean()
+        steps.append(torch.autograd.grad(mse, [ref.f, ref.M]))
+    f_official = ref.f.detach() - sum(g[0] for g in steps) / 3
+    m_official = ref.M.detach() - sum(g[1] for g in steps) / 3
+    assert torch.allclose(deg.f.detach(), f_official, atol=1e-6) and torch.allclose(deg.M.detach(), m_official, atol=1e-8)
 
 
 # ------------------------------------------------------------------ errors

@@ -197,14 +197,25 @@ class GDPSampler:
 
     # ------------------------------------------------------------ pieces
     def _forward_tiles(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
-        """μ, log Σ, x̃0 of the whole image, from tiles averaged over overlaps (or one forward)."""
+        """μ, log Σ, x̃0 of the whole image, from tiles averaged over overlaps (or one forward when the image is
+        exactly one tile, or ``whole_image``)."""
+        h, w = x.shape[-2:]
+        if self.whole_image or (h == self.tile_size and w == self.tile_size):
+            return self._forward_whole(x, t, labels)
+        return self._forward_tiled(x, t, labels)
+
+    def _forward_whole(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
+        """One UNet forward on the whole image."""
+        kwargs = {} if labels is None else {"y": labels}
+        with torch.no_grad():
+            out = self.unet(x, self.diffusion.model_timesteps(t), **kwargs)
+        return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
+
+    def _forward_tiled(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
+        """UNet forwards on tiles of ``tile_size`` (``tile_batch`` at a time), averaged over their overlaps."""
         model_t = self.diffusion.model_timesteps(t)
         h, w = x.shape[-2:]
         kwargs_for = lambda lab: {} if lab is None else {"y": lab}  # noqa: E731
-        if self.whole_image or (h == self.tile_size and w == self.tile_size):
-            with torch.no_grad():
-                out = self.unet(x, model_t, **kwargs_for(labels))
-            return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
         tiler = self.tiler(h, w)
         n = tiler.num_tiles
         x_tiles = tiler.split(x)
@@ -307,7 +318,8 @@ class GDPSampler:
     ):
         """One reverse step from x_t: returns (x_{t-1}, the guided mean, the unguided MeanVariance, loss terms).
 
-        For DDIM the returned mean is the DDIM update before noise.
+        For DDIM the returned mean is the DDIM update before noise. ``noise=None`` adds none (the last step; with
+        DDIM at η = 0 the noise is never used).
         """
         c = self.conversion(*x.shape[-2:], x.shape[1]) if c is None else c
         mv = self._forward_tiles(x, t, labels)
@@ -317,10 +329,10 @@ class GDPSampler:
         grad, terms = self.guidance(target, y, c)
         if self.phi_update == "before":
             self.update_phi(target, y, optimizer)
+        if noise is None:  # no noise: the last step, or a deterministic call
+            noise = torch.zeros_like(x)
         if self.method == "ddpm":
             mean = mv.mean - grad
-            if noise is None:
-                noise = torch.zeros_like(x)
             step = self.diffusion.ddpm_step(mv, x, t, noise, mean=mean)
         else:
             coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
