@@ -52,3 +52,16 @@ def test_illumination_smoothness():
     m = torch.zeros(2, 1, 4, 4)
     m[1, 0, :, 2:] = 1.0  # a vertical edge: 4 horizontal differences of 1 over 12 pairs
     assert torch.allclose(IlluminationSmoothness()(m), torch.tensor([0.0, 2 * 4 / 12]))
+
+
+def test_the_official_low_light_losses_on_minus_one_to_one():
+    """The official (commented-out) low-light loss evaluates L_exp(8, 0.3) and L_color on x̃0 in [-1, 1]: on [0, 1]
+    that is 4× exposure control towards (0.3 + 1)/2 = 0.65 and 4× colour constancy (differences of means double)."""
+    x01 = torch.rand(2, 3, 32, 32)
+    x0 = 2 * x01 - 1
+    official_exp = ExposureControl(patch_size=8, target=0.3, value_range="[-1,1]")
+    assert torch.allclose(official_exp(official_exp.prepare(x0)), 4 * ExposureControl(8, 0.65)(x01), rtol=1e-5)
+    pooled = torch.nn.functional.avg_pool2d(x0.mean(1, keepdim=True), 8)  # MyLoss.L_exp, per image
+    assert torch.allclose(official_exp(x0), (pooled - 0.3).pow(2).flatten(1).mean(1), rtol=1e-6)
+    official_col = ColorConstancy(eps=0.0, value_range="[-1,1]")
+    assert torch.allclose(official_col(official_col.prepare(x0)), 4 * ColorConstancy(eps=0.0)(x01), rtol=1e-5)

@@ -29,9 +29,15 @@ class Illumination(Degradation):
     :param offset: ``"map"`` (an H×W map shared by the channels), ``"scalar"`` or ``"none"``.
     :param init: ``"official"``: f ~ N(0, 1)/100, M ~ U[0, 1)/10⁴ (drawn from each image's generator);
         ``"identity"``: f = 1, M = 0.
-    :param smoothness: weight of the total variation of M in φ's objective (the paper's illumination
-        smoothness; 0 = none). A free per-pixel M can explain any gain, so hold it smooth or scalar when f
-        itself matters.
+    :param smoothness: weight λ of the total variation of M in φ's objective D + λ·TV(M) (the paper's
+        illumination smoothness; 0 = none). A free per-pixel M can explain any gain, so hold it smooth or scalar
+        when f itself matters. λ is already relative to the guidance scale s in the sense of the quality terms'
+        ``relative=True``: φ's data term D enters with weight 1, which is the paper's weight s divided by s (the
+        official φ step is a plain gradient step of D, not multiplied by s), so a weight w·s in the paper's
+        objective is λ = w whatever s. The paper's low-light loss s·D + s/100·L_exp + s/200·L_col + s·TV(M)
+        therefore gives λ = 1: its gradient in φ divided by s (the exposure and colour terms do not depend on φ).
+        Multiplying λ by s itself would tip the balance towards TV as s grows, and plain steps of lr 1 on
+        λ·TV(M) diverge for λ above about H·W/16 (4096 at 256×256; the paper's s is 80000).
     :param learnable: optimise f and M during sampling (else they stay at their initial or set values).
     """
 
