@@ -306,3 +306,42 @@ def test_lowlight_recovers_the_gain(offset, smoothness):
     _fit(op, x, y, steps=600, lr=0.01)
     assert op.f.item() == pytest.approx(0.3, abs=0.01)
     assert op.M.mean().item() == pytest.approx(0.05, abs=0.01)
+
+
+# ------------------------------------------------ low-light then blur; the lorem3 protocol mask
+def test_lowlight_then_blur_optimises_every_phi_jointly():
+    """Compose([LowLight, Blur(learnable)]): y = k * (f·x + M); the data term's gradient reaches f, M and the
+    kernel, and one sampler φ step moves all three together."""
+    from gdp_lightning.sampling import GDPSampler
+
+    op = Compose([LowLight(offset="map"), Blur(kernel_size=5, learnable=True, padding="reflect")])
+    op.init_parameters(2, H, W, [torch.Generator().manual_seed(i) for i in range(2)])
+    assert set(op.learnable_parameters()) == {"0.f", "0.M", "1.kernel_logits"}
+    x = torch.rand(2, 3, H, W)
+    lowlight, blur = op.operators
+    assert torch.allclose(op(x), blur(lowlight(x)))
+    assert torch.allclose(op(x), blur(lowlight.f * x + lowlight.M), atol=1e-6)
+    y = Blur(gaussian_kernel(5, 1.2), padding="reflect")(0.3 * x + 0.05)
+    ((op(x) - y) ** 2).mean().backward()
+    for name, p in op.learnable_parameters().items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+    sampler = GDPSampler(torch.nn.Identity(), None, op, 1.0, phi_lr=0.05, whole_image=True)
+    before = {k: v.clone() for k, v in op.phi().items()}
+    sampler.update_phi(2 * x - 1, y, sampler.make_optimizer())  # x̃0 in [-1, 1]
+    after = op.phi()
+    for name in ("0.f", "0.M", "1.kernel"):
+        assert not torch.allclose(after[name], before[name]), name
+        assert not torch.allclose(after[name][0], after[name][1]), name  # one φ per image
+
+
+def test_lorem3_protocol_mask_loads():
+    path = SHARED / "data" / "masks" / "lorem3.npy"
+    raw = np.load(path)
+    mask = load_mask(path)
+    assert mask.shape == (256, 256) == raw.shape and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask.sum().item() == (raw != 0).sum() and 0.8 < mask.mean().item() < 0.9  # text strokes are missing
+    op = Inpainting(mask)
+    x = torch.rand(1, 3, 256, 256)
+    assert torch.equal(op(x), x * mask) and torch.equal(op.adjoint(op(x)), op(x))
