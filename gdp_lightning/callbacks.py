@@ -251,6 +251,8 @@ class RestorationWriter(Callback):
             "process": self._rank,
             "results": [],
         }
+        if item.get("label") is not None:
+            record["label"] = item["label"]
         for result in results:
             suffix = f"_s{result['scale']:g}" if multi else ""
             if result.get("image") is None:  # this scale of a sweep diverged

@@ -456,6 +456,9 @@ class GDPModule(L.LightningModule):
                 names, indices, seeds, batch.get("path", [None] * len(names)), batch.get("bits", [8] * len(names)),
                 batch.get("alpha", [None] * len(names)), gray_out)
         ]
+        if labels is not None:  # a class-conditional prior: the class each image was restored as
+            for item, label in zip(items, labels.tolist()):
+                item["label"] = label
         for scale, suffix in zip(scales, self._scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
             sampler = self.make_sampler(scale)

@@ -263,6 +263,49 @@ def test_gray_input_gives_gray_output(tiny_prior, crops, tmp_path, capfd):
     assert record(tmp_path / "out", "g")["results"][0]["metrics"]["consistency"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_real_photo_formats_keep_alpha_bits_and_orientation(tiny_prior, crops, tmp_path, capfd):
+    from gdp_lightning.data.images import encode_png_16bit
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    low = quantize(F.avg_pool2d(crops[:2], 4))  # (2, 3, 16, 16)
+    rgb16 = (low[0].permute(1, 2, 0).double().numpy() * 65535).round().astype(np.uint16)
+    alpha16 = np.tile(np.linspace(0, 65535, 16).round().astype(np.uint16), (16, 1))[..., None]
+    (photos / "a16.png").write_bytes(encode_png_16bit(np.concatenate([rgb16, alpha16], -1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown (and restored) upright, 16 wide and 12 high
+    stored = (low[1, :, :12].permute(2, 1, 0).flip(1).numpy() * 255).round().astype(np.uint8)  # (16, 12, 3)
+    Image.fromarray(np.ascontiguousarray(stored)).save(photos / "r.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    a16 = read_image(out / "a16.png")
+    assert (a16.bits, a16.mode, a16.size) == (16, "RGBA", (64, 64))
+    # the alpha channel is the input's, enlarged with the image: a left-to-right ramp
+    assert float(a16.alpha[0, :, 0].max()) < 0.05 and float(a16.alpha[0, :, -1].min()) > 0.95
+    r = read_image(out / "r.png")
+    assert (r.bits, r.mode, r.size) == (8, "RGB", (48, 64))  # (height, width): upright, 4x the shown 12x16
+
+
+def test_small_images_error_and_per_image_kernel_file(tiny_prior, crops, tmp_path, capfd):
+    photos = write_images(tmp_path / "in", [crops[0, :, :24, :24]], ["p"])
+    kernel = torch.zeros(5, 5)
+    kernel[2, :] = 1.0  # a horizontal motion blur, given for this image only
+    np.savetxt(photos / "p_kernel.txt", kernel.numpy())
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "deblur", "--data.input_dir", str(photos),
+                  "--model.small_images", "error", "--writer.output_dir", str(tmp_path / "refused"))
+    line = error_line(err)
+    assert rc == 2 and "p" in line and "--model.small_images pad" in line
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "deblur", "--data.input_dir", str(photos),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert png_size(out / "p.png") == ((24, 24), "RGB")
+    used = torch.load(out / "p.phi.pt")["kernel"].squeeze()
+    assert torch.allclose(used, kernel / kernel.sum(), atol=1e-6)  # the file's kernel, not the task's default
+
+
 # ----------------------------------------------------------------------- 3. every task on the skimage64 prior
 def test_sr4_beats_nearest_neighbour(sk_prior, crops, tmp_path, capfd):
     clean = write_images(tmp_path / "clean", crops[:2], ["c0", "c1"])
@@ -695,14 +738,32 @@ def test_class_conditional_prior(tiny, photos16, tmp_path, capfd):
         rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.class_label", label,
                       "--writer.output_dir", str(out))
         assert rc == 0, err
-        outputs[label] = read_image(out / "im0.png").pixels
-    assert not torch.equal(outputs["3"], outputs["7"])  # the label reaches the prior
+        outputs[label] = [read_image(out / f"im{i}.png").pixels for i in range(3)]
+        assert [record(out, f"im{i}")["label"] for i in range(3)] == [int(label)] * 3
+    assert not torch.equal(outputs["3"][0], outputs["7"][0])  # the label reaches the prior
 
     out = tmp_path / "random"
     rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.random_labels", "true",
                   "--writer.output_dir", str(out))
     assert rc == 0, err
     assert [r["name"] for r in read_rows(out / "metrics.csv")] == ["im0", "im1", "im2"]
+    # image i's class is drawn from its own seed: reproducible, and not one class for all
+    drawn = [record(out, f"im{i}")["label"] for i in range(3)]
+    assert all(0 <= c < 1000 for c in drawn) and len(set(drawn)) > 1
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.random_labels", "true",
+                  "--writer.output_dir", str(tmp_path / "random2"))
+    assert rc == 0, err
+    assert [record(tmp_path / "random2", f"im{i}")["label"] for i in range(3)] == drawn
+
+    labels = tmp_path / "labels_all.txt"
+    labels.write_text("# name label\nim0 3\nim1.png, 7\n\nim2 3\n")
+    out = tmp_path / "file_ok"
+    rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.labels_file", str(labels),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    assert [record(out, f"im{i}")["label"] for i in range(3)] == [3, 7, 3]
+    for i, label in enumerate(("3", "7", "3")):  # the same as a run with that class for every image
+        assert torch.equal(read_image(out / f"im{i}.png").pixels, outputs[label][i])
 
     rc, err = gdp(capfd, logs, "predict", prior, "sr4", *options, "--model.class_label", "1000",
                   "--writer.output_dir", str(tmp_path / "range"))
