@@ -2,34 +2,72 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 
-from gdp_lightning.prior import PRESETS, UNetFlags, create_model, get_preset, preset_names
+from gdp_lightning.prior import (
+    PRESETS,
+    SCRIPT_DEFAULTS,
+    DiffusionSettings,
+    PriorSpec,
+    UNetFlags,
+    create_model,
+    get_preset,
+    parse_model_flags,
+    preset_names,
+)
 
 from .conftest import SHARED, fixtures_dir
 from .helpers import TINY, _tiny
 
-
 # ------------------------------------------------------------------ presets
+MANIFESTS = "guided_diffusion_manifests.json"
+# the released architectures the manifests file holds (fixtures README); each must have its preset
+RELEASED = (
+    "imagenet256_uncond",
+    "imagenet256_cond",
+    "imagenet64_cond",
+    "imagenet128_cond",
+    "imagenet512_cond",
+    "lsun256",
+    "ffhq256_dps",
+)
+
+
+def _manifests_path() -> Path:
+    """The manifests in GDP_REFERENCE_FIXTURES; the shared ones where that folder has none (it may hold only
+    golden files)."""
+    own = fixtures_dir() / MANIFESTS
+    return own if own.is_file() else SHARED / "fixtures" / MANIFESTS
+
+
+@functools.lru_cache(maxsize=None)
 def _manifests() -> dict:
-    path = fixtures_dir() / "guided_diffusion_manifests.json"
+    path = _manifests_path()
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def test_every_manifest_has_a_preset():
-    path = fixtures_dir() / "guided_diffusion_manifests.json"
-    assert path.is_file(), f"{path} is missing (set GDP_REFERENCE_FIXTURES)"
-    missing = sorted(set(_manifests()) - set(PRESETS))
-    assert not missing, f"no preset for released architectures {missing}"
+def test_manifests_cover_every_released_architecture():
+    path = _manifests_path()
+    assert path.is_file(), f"{path} is missing: the tests need the shared folder beside the repository"
+    missing = [name for name in RELEASED if name not in _manifests()]
+    assert not missing, f"{path} has no manifest for {missing}"
+    no_preset = sorted(set(_manifests()) - set(PRESETS))
+    assert not no_preset, f"no preset for released architectures {no_preset}"
 
 
-@pytest.mark.parametrize("name", sorted(_manifests()))
+# every released name, whatever the file holds: a missing or empty manifests file fails here, it does not
+# parametrize to nothing
+@pytest.mark.parametrize("name", sorted(set(RELEASED) | set(_manifests())))
 def test_preset_matches_released_manifest(name: str):
-    manifest = _manifests()[name]
+    manifest = _manifests().get(name)
+    assert manifest is not None, f"{_manifests_path()} has no manifest for {name!r}"
     spec = get_preset(name)
     with torch.device("meta"):
         model = spec.build_unet()
@@ -80,6 +118,85 @@ def test_get_preset_returns_a_copy_and_names_unknown():
 def test_flags_reject_unknown_names():
     with pytest.raises(ValueError, match="unknown UNet flag"):
         UNetFlags.from_dict({"image_size": 64, "num_chanels": 3})
+
+
+# ------------------------------------------------------- pasted MODEL_FLAGS
+# guided-diffusion's README, 256x256 unconditional (the prior of GDP): num_heads is not given
+IMAGENET256_UNCOND_FLAGS = (
+    "--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --image_size 256 "
+    "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 "
+    "--resblock_updown True --use_fp16 True --use_scale_shift_norm True"
+)
+
+
+def test_model_flags_string_gives_the_released_preset():
+    spec = PriorSpec.from_model_flags(IMAGENET256_UNCOND_FLAGS, checkpoint="256x256_diffusion_uncond.pt")
+    preset = get_preset("imagenet256_uncond")
+    assert spec.unet == preset.unet
+    assert spec.diffusion == preset.diffusion
+    assert spec.checkpoint == "256x256_diffusion_uncond.pt"
+    # pasted as a shell line, with the sampling flags of DIFFUSION_FLAGS / SAMPLE_FLAGS lines
+    pasted = parse_model_flags(
+        f'MODEL_FLAGS="{IMAGENET256_UNCOND_FLAGS}"\nDIFFUSION_FLAGS="--timestep_respacing ddim25 --use_kl=True"'
+    )
+    assert pasted.unet == preset.unet and pasted.timestep_respacing == "ddim25" and pasted.diffusion.use_kl
+
+
+def test_omitted_model_flags_take_the_script_defaults():
+    """guided-diffusion's scripts start from model_and_diffusion_defaults(), not from create_model's defaults."""
+    flags = parse_model_flags("--image_size 64 --num_channels 32")
+    assert flags.unet.num_heads == 4 and UNetFlags().num_heads == 1
+    assert flags.unet.attention_resolutions == "16,8" and flags.unet.use_scale_shift_norm
+    assert flags.diffusion == DiffusionSettings() and flags.timestep_respacing == ""
+    # every flag of the scripts has a home: a UNet flag, a diffusion setting, or the respacing
+    homes = {f for f in UNetFlags().to_dict()} | set(DiffusionSettings().__dict__) | {"timestep_respacing"}
+    assert set(SCRIPT_DEFAULTS) == homes
+    assert parse_model_flags("").unet == UNetFlags(**{k: SCRIPT_DEFAULTS[k] for k in UNetFlags().to_dict()})
+
+
+def test_model_flags_diffusion_flags_and_value_forms():
+    flags = parse_model_flags(
+        ["--noise_schedule", "cosine", "--predict_xstart", "yes", "--rescale_timesteps", "1", "--use_kl", "f",
+         "--rescale_learned_sigmas", "True", "--sigma_small", "True", "--diffusion_steps", "4000",
+         "--dropout", "0.1", "--channel_mult", "1,2,2", "--num_heads", "2", "--num_heads", "8"]
+    )
+    assert flags.diffusion == DiffusionSettings(
+        diffusion_steps=4000, noise_schedule="cosine", sigma_small=True, predict_xstart=True,
+        rescale_timesteps=True, use_kl=False, rescale_learned_sigmas=True,
+    )
+    assert flags.unet.dropout == 0.1 and flags.unet.channel_mult == "1,2,2"
+    assert flags.unet.num_heads == 8  # the last of a repeated flag wins, as with argparse
+    # a mapping (e.g. from YAML): names with or without "--", typed values
+    mapped = parse_model_flags({"--attention_resolutions": [32, 16, 8], "learn_sigma": True, "image_size": "128"})
+    assert mapped.unet.attention_resolutions == "32,16,8" and mapped.unet.learn_sigma and mapped.unet.image_size == 128
+
+
+def test_every_preset_round_trips_through_model_flags():
+    for name in preset_names():
+        preset = get_preset(name)
+        values = {**preset.unet.to_dict(), **preset.diffusion.__dict__}
+        text = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in values.items())
+        spec = PriorSpec.from_model_flags(text)
+        assert (spec.unet, spec.diffusion) == (preset.unet, preset.diffusion), name
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        ("--batch_size 4", r"^unknown flag --batch_size: not a guided-diffusion model or diffusion flag"),
+        ("--num_chanels 3", r"^unknown flag --num_chanels \(did you mean --num_channels\?\)"),
+        ({"model_path": "x.pt"}, r"^unknown flag --model_path"),
+        ("--use_fp16 --image_size 64", r"^flag --use_fp16 has no value"),
+        ("--class_cond maybe", r"^--class_cond expects a boolean"),
+        ("--image_size 2.5", r"^--image_size expects an integer"),
+        ("python scripts/image_sample.py --image_size 64", r"^expected a flag like --image_size, got 'python'"),
+        ("--noise_schedule quadratic", r"noise_schedule must be 'linear' or 'cosine'"),
+    ],
+)
+def test_model_flags_errors_name_the_flag(flags, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_model_flags(flags)
+    assert "\n" not in str(info.value)
 
 
 def test_default_channel_mult_per_size_and_error():

@@ -16,15 +16,17 @@ from .checkpoint import (
     save_state_dict,
 )
 from .presets import PRESET_CONFIGS, PRESETS, get_preset, preset_names
-from .spec import DiffusionSettings, PriorSpec, UNetFlags, create_model
+from .spec import SCRIPT_DEFAULTS, DiffusionSettings, ModelFlags, PriorSpec, UNetFlags, create_model, parse_model_flags
 from .unet import UNetModel, timestep_embedding
 
 __all__ = [
     "CheckpointError",
     "DiffusionSettings",
+    "ModelFlags",
     "PRESETS",
     "PRESET_CONFIGS",
     "PriorSpec",
+    "SCRIPT_DEFAULTS",
     "UNetFlags",
     "UNetModel",
     "create_model",
@@ -36,6 +38,7 @@ __all__ = [
     "load_prior_weights",
     "load_unet_weights",
     "matching_presets",
+    "parse_model_flags",
     "preset_names",
     "read_checkpoint",
     "save_state_dict",

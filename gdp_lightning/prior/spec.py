@@ -1,19 +1,28 @@
 """What a prior is: guided-diffusion's model flags plus the diffusion settings it was trained with.
 
 :class:`UNetFlags` carries openai guided-diffusion's ``create_model`` arguments
-with the same names, meaning and defaults, so ``MODEL_FLAGS`` can be pasted
-as they are. :class:`DiffusionSettings` carries the diffusion arguments
-(``diffusion_steps``, ``noise_schedule``, ...) that describe how the prior was
-trained. A :class:`PriorSpec` holds both, so one YAML file can say everything
-about a prior.
+with the same names, meaning and defaults. :class:`DiffusionSettings` carries
+the diffusion arguments (``diffusion_steps``, ``noise_schedule``, ...) that
+describe how the prior was trained. A :class:`PriorSpec` holds both, so one
+YAML file can say everything about a prior.
+
+A ``MODEL_FLAGS``/``DIFFUSION_FLAGS`` string as given to guided-diffusion's
+scripts is read with :meth:`PriorSpec.from_model_flags` (or
+:func:`parse_model_flags`): the scripts apply the flags on top of
+``model_and_diffusion_defaults()``, whose defaults differ from ``create_model``'s
+(``num_heads=4``, ``attention_resolutions="16,8"``, ``use_scale_shift_norm=True``),
+so an omitted flag takes the script's default there, not ``UNetFlags``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from .unet import UNetModel
 
@@ -21,6 +30,9 @@ __all__ = [
     "UNetFlags",
     "DiffusionSettings",
     "PriorSpec",
+    "ModelFlags",
+    "SCRIPT_DEFAULTS",
+    "parse_model_flags",
     "create_model",
     "default_channel_mult",
     "parse_channel_mult",
@@ -77,6 +89,11 @@ def parse_attention_resolutions(attention_resolutions: Union[str, Sequence[int]]
 @dataclass
 class UNetFlags:
     """openai guided-diffusion ``create_model`` flags (same names, meaning and defaults).
+
+    The defaults are ``create_model``'s signature defaults. guided-diffusion's
+    scripts start from other ones (:data:`SCRIPT_DEFAULTS`): to read a pasted
+    ``MODEL_FLAGS`` string the way the scripts do, use
+    :meth:`PriorSpec.from_model_flags`.
 
     :param image_size: training resolution; picks the default ``channel_mult``.
     :param num_channels: base channel count.
@@ -210,9 +227,183 @@ class PriorSpec:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a valid prior config: {e}") from None
 
+    @classmethod
+    def from_model_flags(
+        cls, flags: Union[str, Mapping[str, Any], Sequence[str]], **fields: Any
+    ) -> "PriorSpec":
+        """The prior that guided-diffusion's scripts build from ``MODEL_FLAGS`` (and ``DIFFUSION_FLAGS``).
+
+        ``flags`` is the flag string as pasted (``"--image_size 256 --learn_sigma True ..."``,
+        also ``MODEL_FLAGS="..."`` lines), a list of its words, or a mapping of flag names
+        to values. A flag that is not given takes the value of guided-diffusion's
+        ``model_and_diffusion_defaults()`` (:data:`SCRIPT_DEFAULTS`), as in the scripts.
+        UNet flags go to :attr:`unet`, diffusion flags to :attr:`diffusion`.
+        ``--timestep_respacing`` is accepted but is a sampling setting, not part of
+        the prior: read it with :func:`parse_model_flags` and pass it as the sampler's
+        ``steps`` (``GaussianDiffusion.from_prior(spec, respacing=...)``). An unknown
+        flag (``--batch_size``, ``--model_path``, a typo) is a ``ValueError`` that names it.
+
+        :param fields: the other fields of the spec (``name``, ``checkpoint``, ``source``, ``description``).
+        """
+        return parse_model_flags(flags).to_spec(**fields)
+
     def build_unet(self, **overrides: Any) -> UNetModel:
         flags = dataclasses.replace(self.unet, **overrides) if overrides else self.unet
         return create_model(**flags.to_dict())
+
+
+# ----------------------------------------------------------- pasted MODEL_FLAGS
+# The value each flag takes in guided-diffusion's scripts (image_sample.py, image_train.py, ...) when it is not
+# given: their argparse defaults, ``model_and_diffusion_defaults()``. The UNet ones differ from create_model's
+# signature defaults (UNetFlags) in num_heads, attention_resolutions and use_scale_shift_norm.
+SCRIPT_DEFAULTS: Dict[str, Any] = {
+    # UNet (create_model)
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 2,
+    "channel_mult": "",
+    "learn_sigma": False,
+    "class_cond": False,
+    "use_checkpoint": False,
+    "attention_resolutions": "16,8",
+    "num_heads": 4,
+    "num_head_channels": -1,
+    "num_heads_upsample": -1,
+    "use_scale_shift_norm": True,
+    "dropout": 0.0,
+    "resblock_updown": False,
+    "use_fp16": False,
+    "use_new_attention_order": False,
+    # diffusion (create_gaussian_diffusion)
+    "diffusion_steps": 1000,
+    "noise_schedule": "linear",
+    "timestep_respacing": "",
+    "use_kl": False,
+    "predict_xstart": False,
+    "rescale_timesteps": False,
+    "rescale_learned_sigmas": False,
+    # improved-diffusion's scripts also have it; guided-diffusion's always use False
+    "sigma_small": False,
+}
+
+_TRUE = ("yes", "true", "t", "y", "1")
+_FALSE = ("no", "false", "f", "n", "0")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=(.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """guided-diffusion script flags, split: the UNet's, the diffusion's, and the sampling respacing.
+
+    :param unet: the ``create_model`` flags.
+    :param diffusion: the diffusion the prior was trained with.
+    :param timestep_respacing: ``--timestep_respacing`` ("" = all steps): how to sample, not part of the prior.
+    """
+
+    unet: UNetFlags
+    diffusion: DiffusionSettings
+    timestep_respacing: str = ""
+
+    def to_spec(self, **fields: Any) -> PriorSpec:
+        """A :class:`PriorSpec` of these flags (``fields``: ``name``, ``checkpoint``, ``source``, ``description``)."""
+        return PriorSpec(unet=dataclasses.replace(self.unet), diffusion=dataclasses.replace(self.diffusion), **fields)
+
+
+def _flag_words(text: str) -> list:
+    """The words of a pasted flag string; ``NAME="--a 1 --b 2"`` shell assignments are opened up."""
+    words = []
+    for word in shlex.split(text, comments=True):
+        m = _ASSIGNMENT.match(word)
+        if m and not word.startswith("-"):
+            words.extend(shlex.split(m.group(1), comments=True))
+        else:
+            words.append(word)
+    return words
+
+
+def _flag_pairs(words: Sequence[str]) -> list:
+    """``["--a", "1", "--b=2"]`` to ``[("a", "1"), ("b", "2")]``, argparse-style (every flag takes one value)."""
+    pairs = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if not word.startswith("--") or word == "--":
+            raise ValueError(f"expected a flag like --image_size, got {word!r}")
+        name, eq, value = word[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(words) or words[i + 1].startswith("--"):
+                raise ValueError(f"flag --{name} has no value (guided-diffusion's flags all take one, e.g. True)")
+            value = words[i + 1]
+            i += 1
+        pairs.append((name, value))
+        i += 1
+    return pairs
+
+
+def _unknown_flag(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, SCRIPT_DEFAULTS, n=1, cutoff=0.8)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return ValueError(
+        f"unknown flag --{name}{hint}: not a guided-diffusion model or diffusion flag; "
+        f"known: {', '.join(SCRIPT_DEFAULTS)}"
+    )
+
+
+def _convert_flag(name: str, value: Any) -> Any:
+    """A flag value as the scripts' argparse reads it (type of the default; booleans as str2bool)."""
+    default = SCRIPT_DEFAULTS[name]
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"--{name} expects a boolean (True or False), got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"--{name} expects an integer, got {value!r}") from None
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"--{name} expects a number, got {value!r}") from None
+    # strings: "32,16,8"; a YAML or Python mapping may give 16 or [32, 16, 8]
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        raise ValueError(f"--{name} expects a string, got {value!r}")
+    return str(value)
+
+
+def parse_model_flags(flags: Union[str, Mapping[str, Any], Sequence[str]]) -> ModelFlags:
+    """Read guided-diffusion script flags (``MODEL_FLAGS``, ``DIFFUSION_FLAGS``) as the scripts do.
+
+    ``flags``: the string as pasted (``"--attention_resolutions 32,16,8 --class_cond False ..."``;
+    ``--name=value`` and ``MODEL_FLAGS="..."`` lines work too), its words as a list, or a mapping
+    ``{name: value}`` (names with or without ``--``; values typed or strings). Values are read as the
+    scripts' argparse reads them (``True``/``False``/``yes``/``0`` for booleans; the last of a repeated
+    flag wins); every flag not given takes its :data:`SCRIPT_DEFAULTS` value. Names that are not model
+    or diffusion flags (sampling flags such as ``--batch_size``, typos) raise a ``ValueError`` naming them.
+    """
+    if isinstance(flags, str):
+        pairs = _flag_pairs(_flag_words(flags))
+    elif isinstance(flags, Mapping):
+        pairs = [(str(k)[2:] if str(k).startswith("--") else str(k), v) for k, v in flags.items()]
+    else:
+        pairs = _flag_pairs([str(w) for w in flags])
+    values = dict(SCRIPT_DEFAULTS)
+    for name, value in pairs:
+        if name not in SCRIPT_DEFAULTS:
+            raise _unknown_flag(name)
+        values[name] = _convert_flag(name, value)
+    unet = UNetFlags(**{f.name: values[f.name] for f in dataclasses.fields(UNetFlags)})
+    diffusion = DiffusionSettings(**{f.name: values[f.name] for f in dataclasses.fields(DiffusionSettings)})
+    return ModelFlags(unet=unet, diffusion=diffusion, timestep_respacing=values["timestep_respacing"])
 
 
 def create_model(
