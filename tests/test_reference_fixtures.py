@@ -4,8 +4,12 @@ Every ``unet_golden*``, ``gdp_step_golden*`` and ``gdp_lowlight_golden*`` file i
 ``GDP_REFERENCE_FIXTURES`` (default ``../shared/fixtures``) is run; nothing here
 depends on the particular flags, schedules or sizes of the shared ones.
 
-The UNet is checked with both attention implementations. The step tests use
-the reference-order attention: x0 = sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps
+The UNet is checked with both attention implementations: the reference-order
+one reproduces every fixture's ``out`` to 1e-4 (the requirement), the fused one
+(SDPA) to 1e-4 too with a float32 body, and with a float16 body (``use_fp16``)
+to within a few times the float16 rounding of the body itself (see
+:func:`test_fast_attention_matches_reference`). The step tests use the
+reference-order attention: x0 = sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps
 multiplies the UNet's float32 rounding by up to ~2e4 (cosine schedule, last
 step), so matching the reference's x0 to 1e-4 there needs the reference's own
 arithmetic; the fused attention differs from it by about 1e-7.
@@ -26,19 +30,61 @@ from gdp_lightning.prior.spec import DiffusionSettings
 from .conftest import fixture_files, fixtures_dir
 
 TOL = 1e-4
+# the fused attention with a float16 body may differ from the reference by this many times the float16 rounding
+# of the body (test_fast_attention_matches_reference)
+FP16_NOISE_FACTOR = 4.0
 
+KINDS = ("unet_golden", "gdp_step_golden", "gdp_lowlight_golden")
 UNET_FILES = fixture_files("unet_golden")
 STEP_FILES = fixture_files("gdp_step_golden") + fixture_files("gdp_lowlight_golden")
 
 
+def _check_fixtures_present() -> None:
+    """At least one golden file of a kind the suite reads (a folder may hold only some kinds)."""
+    folder = fixtures_dir()
+    found = [p for kind in KINDS for p in fixture_files(kind)]
+    assert found, (
+        f"no reference fixture in {folder}: expected at least one of "
+        f"{', '.join(k + '*.pt' for k in KINDS)} (set GDP_REFERENCE_FIXTURES)"
+    )
+
+
 def test_fixtures_are_present():
-    assert UNET_FILES, f"no unet_golden*.pt in {fixtures_dir()} (set GDP_REFERENCE_FIXTURES)"
-    assert fixture_files("gdp_step_golden"), f"no gdp_step_golden*.pt in {fixtures_dir()}"
+    _check_fixtures_present()
 
 
 @functools.lru_cache(maxsize=None)
 def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unet_fixture_of(path: Path) -> Path:
+    """The unet_golden fixture a step fixture names (same folder); a clear failure where it is missing."""
+    name = _load(path).get("unet_fixture")
+    assert name, f"{path.name} names no unet_fixture"
+    unet = path.parent / name
+    assert unet.is_file(), (
+        f"{path.name} was computed with the UNet of {name!r}, which is not in {path.parent}: "
+        "copy that unet_golden file beside it"
+    )
+    return unet
+
+
+@pytest.mark.parametrize("path", STEP_FILES, ids=lambda p: p.name)
+def test_step_fixture_has_its_unet_fixture(path: Path):
+    _unet_fixture_of(path)
+
+
+def test_fixture_checks_fail_clearly(tmp_path, monkeypatch):
+    """An empty folder fails; a folder of one kind passes; a step fixture without its UNet names the file."""
+    monkeypatch.setenv("GDP_REFERENCE_FIXTURES", str(tmp_path))
+    with pytest.raises(AssertionError, match="no reference fixture in .*unet_golden\\*.pt"):
+        _check_fixtures_present()
+    step = tmp_path / "gdp_lowlight_golden_x.pt"
+    torch.save({"unet_fixture": "unet_golden_x.pt", "cases": []}, step)
+    _check_fixtures_present()
+    with pytest.raises(AssertionError, match="UNet of 'unet_golden_x.pt', which is not in"):
+        _unet_fixture_of(step)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,21 +96,49 @@ def _unet(path: Path, attention: str):
     return model.set_attention(attention).eval()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "reference"])
-@pytest.mark.parametrize("path", UNET_FILES, ids=lambda p: p.name)
-def test_unet_forward_matches_reference(path: Path, attention: str):
-    fx = _load(path)
-    model = _unet(path, attention)
-    assert list(model.state_dict()) == list(fx["state_dict"]), "key order differs from the reference"
+def _forward(model, fx: dict) -> torch.Tensor:
     with torch.no_grad():
-        out = model(fx["x"], fx["t"], fx.get("y"))
+        return model(fx["x"], fx["t"], fx.get("y"))
+
+
+@pytest.mark.parametrize("path", UNET_FILES, ids=lambda p: p.name)
+def test_unet_forward_matches_reference(path: Path):
+    """The requirement, for every fixture: ``out`` to 1e-4 (reference-order attention)."""
+    fx = _load(path)
+    model = _unet(path, "reference")
+    assert list(model.state_dict()) == list(fx["state_dict"]), "key order differs from the reference"
+    out = _forward(model, fx)
     assert out.shape == fx["out"].shape
     assert out.dtype == torch.float32
     err = (out - fx["out"]).abs().max().item()
-    # a float16 body (use_fp16) rounds every activation to 11 bits: a different but equally valid order of
-    # operations (the fused attention) then differs by ~1e-4; the reference-order path stays exact
-    tol = 2e-3 if attention == "sdpa" and fx["flags"].get("use_fp16") else TOL
-    assert err < tol, f"max abs diff {err:.2e}"
+    assert err < TOL, f"max abs diff {err:.2e}"
+
+
+@pytest.mark.parametrize("path", UNET_FILES, ids=lambda p: p.name)
+def test_fast_attention_matches_reference(path: Path):
+    """The fused attention (SDPA, the default): 1e-4 with a float32 body.
+
+    With a float16 body (``use_fp16``) every activation is rounded to 11
+    significant bits, so any other order of the attention's operations, equally
+    valid, moves ``out`` by about as much as float16 rounding itself does: on
+    small random-weight models (this folder's flags and variants) 5e-5 to 4e-4,
+    0.6 to 1.3 times the float16-vs-float32 difference, so above 1e-4 where that
+    difference is. The bound is therefore relative to that
+    rounding, measured on the fixture itself (this model in float32 against the
+    reference's float16 ``out``), so it follows the model's depth and output
+    scale; the reference-order path above still meets 1e-4.
+    """
+    fx = _load(path)
+    out = _forward(_unet(path, "sdpa"), fx)
+    assert out.shape == fx["out"].shape and out.dtype == torch.float32
+    err = (out - fx["out"]).abs().max().item()
+    tol = TOL
+    if fx["flags"].get("use_fp16"):
+        full = create_model(**{**fx["flags"], "use_fp16": False})
+        load_unet_weights(full, fx["state_dict"], source=path.name)
+        fp16_noise = (_forward(full.set_attention("reference").eval(), fx) - fx["out"]).abs().max().item()
+        tol = max(TOL, FP16_NOISE_FACTOR * fp16_noise)
+    assert err < tol, f"max abs diff {err:.2e} (tolerance {tol:.2e})"
 
 
 def _step_cases():
@@ -97,7 +171,7 @@ def test_respacing_matches_reference(path: Path):
 def test_unguided_step_matches_reference(path: Path, index: int):
     fx = _load(path)
     case = fx["cases"][index]
-    model = _unet(path.parent / fx["unet_fixture"], "reference")
+    model = _unet(_unet_fixture_of(path), "reference")
     diffusion = _diffusion(fx).respace(case["respacing"])
     assert diffusion.num_timesteps == case["num_steps"]
     x_t = case["x_t"]
@@ -146,7 +220,7 @@ def test_guided_step_matches_official(path: Path, index: int):
 
     fx = _load(path)
     case = fx["cases"][index]
-    model = _unet(path.parent / fx["unet_fixture"], "reference")
+    model = _unet(_unet_fixture_of(path), "reference")
     diffusion = _diffusion(fx).respace(case["respacing"])
     degradation, quality = _task_setup(fx, case)
     sampler = GDPSampler(
