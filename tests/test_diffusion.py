@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from gdp_lightning.diffusion import GaussianDiffusion, named_beta_schedule, normal_kl, randn, space_timesteps
+from gdp_lightning.diffusion import (
+    GaussianDiffusion,
+    MeanVariance,
+    discretized_gaussian_log_likelihood,
+    named_beta_schedule,
+    normal_kl,
+    randn,
+    space_timesteps,
+)
 from gdp_lightning.prior import get_preset
 from gdp_lightning.prior.spec import DiffusionSettings
 
@@ -270,6 +278,54 @@ def test_vb_is_zero_for_the_true_posterior_and_rescaling():
     assert torch.allclose(rescaled["vb"], plain["vb"] * 4)
     kl = _diffusion(steps=4000, use_kl=True).training_losses(model, x0, t, noise=noise)
     assert set(kl) == {"loss"} and torch.allclose(kl["loss"], plain["vb"] * 4000, rtol=1e-5)
+
+
+# ------------------------------------------------- the t = 0 decoder term
+def _exact_bin_mass(levels: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
+    """N(mean, sigma^2) mass of each 8-bit bin: level k is x = k/127.5 - 1, its bin [x - 1/255, x + 1/255]; the
+    bins of 0 and 255 open to -inf and +inf. Exact normal CDF (float64), independent of the project's code."""
+    x = levels / 127.5 - 1
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    upper = torch.where(levels == 255, inf, x + 1 / 255)
+    lower = torch.where(levels == 0, -inf, x - 1 / 255)
+    return torch.special.ndtr((upper - mean) / sigma) - torch.special.ndtr((lower - mean) / sigma)
+
+
+@pytest.mark.parametrize(
+    "mean,sigma", [(0.0, 0.01), (0.3, 2 / 255), (-0.97, 0.05), (0.99, 0.004), (-1.0, 1 / 255), (1.0, 0.2), (0.5, 0.5)]
+)
+def test_decoder_likelihood_is_the_normal_mass_of_the_8bit_bin(mean, sigma):
+    levels = torch.arange(256, dtype=torch.float64)
+    x = (levels / 127.5 - 1).float()  # every 8-bit value, in [-1, 1]
+    ll = discretized_gaussian_log_likelihood(
+        x, means=torch.full_like(x, mean), log_scales=torch.full_like(x, math.log(sigma))
+    )
+    mass = ll.double().exp()
+    # the reference's CDF (tanh approximation, kept for its numbers) is within 2e-4 of the normal CDF, so a bin
+    # (a difference of two values) within 4e-4; a wrong bin width, scale or closed edge bin is off by far more
+    assert (mass - _exact_bin_mass(levels, mean, sigma)).abs().max() < 4e-4
+    # the bins tile the real line: their masses sum to 1 (exactly, for any CDF)
+    assert mass.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_vb_at_t0_is_the_decoder_nll_in_bits():
+    """Hand-computed: sigma = 1/255 is half a bin, so the bin of x under N(x, sigma^2) is mean +- 1 sigma.
+
+    An inner value: Phi(1) - Phi(-1) = 0.682689 -> -log2 = 0.550699 bits; the edge value -1 (its bin open
+    below): Phi(1) = 0.841345 -> 0.249231 bits; per-image mean 0.399965 bits per dimension.
+    """
+    d = _diffusion()
+    x0 = torch.tensor([-1.0, 1 / 255]).reshape(1, 1, 1, 2)  # levels 0 and 128
+    log_var = torch.full_like(x0, 2 * math.log(1 / 255))
+    mv = MeanVariance(mean=x0.clone(), variance=log_var.exp(), log_variance=log_var, pred_xstart=x0.clone())
+    xt = torch.randn_like(x0)
+    vb = d.vb_terms_bpd(mv, x0, xt, torch.tensor([0]))
+    assert vb.shape == (1,)
+    # the tanh-approximated CDF is within 2e-4 of Phi: at most 7.6e-4 and 3.1e-4 bits on the two values, 5.4e-4 on
+    # their mean (the code gives 0.40042)
+    assert vb.item() == pytest.approx(0.399965, abs=1e-3)
+    # t > 0 is the KL term instead, a different number for the same Gaussian
+    assert abs(d.vb_terms_bpd(mv, x0, xt, torch.tensor([1])).item() - vb.item()) > 0.1
 
 
 def test_from_prior_uses_the_released_settings():

@@ -30,6 +30,10 @@ def test_unconditional_samples_look_like_photos(skimage64_checkpoint, tmp_path):
     start = neighbour_correlation((noise.clamp(-1, 1) + 1) / 2)
     end = neighbour_correlation(samples)
     assert start.abs().max() < 0.1, start
+    # every image, not the batch mean (one noise-like image among three photos could hide in a mean). These four
+    # give 0.999, 0.951, 0.990, 0.977; seeds 0 to 15 of this prior gave 0.83 to 0.9995 (textured samples sit
+    # lowest) while noise gives about 0: every image above 0.8, and the batch above 0.9 (the number)
+    assert (end > 0.8).all(), end
     assert end.mean() > 0.9, end
     # neither constant nor saturated: images with contrast, in the middle of the range
     assert samples.flatten(1).std(1).min() > 0.02
