@@ -60,12 +60,27 @@ def _save(tmp_path, name, *rows):
     save_image(torch.cat(rows), tmp_path / f"{name}.png", nrow=rows[0].shape[0])
 
 
+def _report(task: str, **values) -> None:
+    """The measured numbers (README's table), shown by ``pytest tests/test_restoration.py -s``."""
+    text = "; ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+    print(f"\n[{task}] {text}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, torch.Tensor):
+        v = v.flatten().tolist()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(f"{float(x):.3g}" for x in v) + "]"
+    return f"{float(v):.3g}"
+
+
 def test_inpainting_25_percent(prior, clean, tmp_path):
     deg = Inpainting(random_mask(64, 64, 0.25, torch.Generator().manual_seed(1)))
     y = quantize(deg(clean))
     out = quantize(_restore(prior, deg, y, 16000.0).images)
     _save(tmp_path, "inpaint", clean, y, out)
     gain = psnr(out, clean) - psnr(y, clean)
+    _report("inpainting", psnr_gain_db=gain, consistency=_consistency(deg, out, y))
     assert (gain >= 15).all(), gain
     assert (_consistency(deg, out, y) <= 10).all()
 
@@ -76,6 +91,7 @@ def test_super_resolution_x4(prior, clean, tmp_path):
     out = quantize(_restore(prior, deg, y, 8000.0).images)
     nearest = F.interpolate(y, scale_factor=4, mode="nearest")
     _save(tmp_path, "sr4", clean, nearest, out)
+    _report("sr4", gain_over_nearest_db=psnr(out, clean) - psnr(nearest, clean), consistency=_consistency(deg, out, y))
     assert (psnr(out, clean) >= psnr(nearest, clean) - 1).all(), (psnr(out, clean), psnr(nearest, clean))
     assert psnr(out, clean).mean() > psnr(nearest, clean).mean() + 1.5
     assert (_consistency(deg, out, y) <= 10).all()
@@ -91,6 +107,8 @@ def test_deblurring(prior, clean, tmp_path):
     out = quantize(_restore(prior, deg, y, 24000.0).images)
     _save(tmp_path, "deblur", clean, F.pad(y, (4, 4, 4, 4)), out)
     inner = out[..., 4:-4, 4:-4]  # the same 56 x 56 region
+    _report("deblur", gain_db=psnr(inner, clean[..., 4:-4, 4:-4]) - psnr(y, clean[..., 4:-4, 4:-4]),
+            gradient_energy_ratio=_gradient_energy(inner) / _gradient_energy(y), consistency=_consistency(deg, out, y))
     assert (_gradient_energy(inner) > 1.5 * _gradient_energy(y)).all()
     assert (psnr(inner, clean[..., 4:-4, 4:-4]) > psnr(y, clean[..., 4:-4, 4:-4])).all()
     assert (_consistency(deg, out, y) <= 10).all()
@@ -104,6 +122,9 @@ def test_colorization(prior, clean, tmp_path):
     _save(tmp_path, "colorize", clean, y, out)
     assert torch.isfinite(out).all()
     chroma = out.std(1).flatten(1).mean(1)  # per-pixel spread of the channels: 0 for gray
+    gray = y.expand_as(clean)
+    _report("colorization", mean_gain_over_gray_db=(psnr(out, clean) - psnr(gray, clean)).mean(), chroma=chroma,
+            consistency=_consistency(deg, out, y))
     assert (chroma > 0.02).all(), chroma
     assert (_consistency(deg, out, y) <= 10).all()
 
@@ -130,6 +151,7 @@ def test_low_light_enhancement(prior, tmp_path):
     result = _restore(prior, LowLight(offset="scalar"), y, 80000.0, steps="25", quality=ENHANCE)
     _save(tmp_path, "lowlight", y, result.images)
     exposure = ExposureControl()
+    _report("low-light", exposure_before=exposure(y), exposure_after=exposure(result.images), f=result.phi["f"])
     assert exposure(result.images).item() < 0.5 * exposure(y).item()
     assert 0.05 < result.phi["f"].item() < 1.0 and torch.isfinite(result.images).all()
 
@@ -141,6 +163,7 @@ def test_hdr_from_three_exposures(prior, tmp_path):
     _save(tmp_path, "hdr", exp["short"], exp["medium"], exp["long"], result.images)
     exposure = ExposureControl()
     before = [exposure(v).item() for v in exp.values()]
+    _report("hdr", exposure_before=before, exposure_after=exposure(result.images), f=result.phi["f"])
     assert exposure(result.images).item() < min(before), before
     f = result.phi["f"].flatten()
     assert f.shape == (3,) and f[0] < f[1] < f[2], f  # longer exposures have larger gains
