@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--steps", nargs="+", default=["250", "100", "50", "25"])
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--substeps", type=int, default=1, help="guidance_substeps (0: 1000 / steps per step)")
     p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "priors" / "skimage64.pt"))
     args = p.parse_args()
 
@@ -66,11 +67,12 @@ def main() -> None:
     colour = args.task == "colorize"
     terms = ", ".join(f"{q.name} {q.weight:g}{' x s' if q.relative else ''}" for q in quality())
     print(f"# {args.task}, scale {scale:g} (paper convention){', ' + terms if terms else ''}, {args.num} crops, "
-          f"skimage64, CPU")
+          f"guidance_substeps {args.substeps}, skimage64, CPU")
     print("| steps | PSNR mean (dB) | min | max |" + (" chroma |" if colour else "") + " seconds |\n"
           "|---|---|---|---|" + ("---|" if colour else "") + "---|", flush=True)
     for steps in args.steps:
-        sampler = GDPSampler(unet, GaussianDiffusion.from_prior(spec, respacing=steps), deg, scale, quality=quality())
+        sampler = GDPSampler(unet, GaussianDiffusion.from_prior(spec, respacing=steps), deg, scale, quality=quality(),
+                             guidance_substeps=args.substeps)
         start = time.perf_counter()
         outs = []
         for i in range(0, args.num, args.batch_size):

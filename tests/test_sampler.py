@@ -13,6 +13,7 @@ from gdp_lightning.degradations import (
     Blur,
     Colorization,
     Compose,
+    Identity,
     Inpainting,
     LowLight,
     SuperResolution,
@@ -175,6 +176,28 @@ def test_guidance_is_the_scaled_gradient_of_the_objective(unet):
     (grad,) = torch.autograd.grad(sampler.conversion(32, 32) * objective, x0)
     assert torch.allclose(mean, mv.mean - grad, atol=1e-6)
     assert set(terms) == {"data", "ExposureControl"} and terms["data"].shape == (2,)
+
+
+@pytest.mark.parametrize("substeps", [1, 4, 40])
+def test_guidance_substeps_take_gradient_steps_to_the_observation(unet, substeps):
+    """With A = I the data term's gradient of image i is k·r (r = (x+1)/2 − y, k = c·s/numel): m substeps of
+    k/m each shrink r by (1 − k/2m), so the push is 2r(1 − (1 − k/2m)^m): k r for one step (overshooting the
+    observation by k/2 − 1 times when k > 2), and close to the exact 2r (x' = 2y − 1) with many."""
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    y = torch.rand(2, 3, 8, 8)
+    numel, c, s = 3 * 8 * 8, 2.0, 3840.0
+    k = c * s / numel  # 40: one push lands 19 times past the observation
+    sampler = GDPSampler(unet, _diffusion("10"), Identity(), s, scale_convention="raw", guidance_substeps=substeps)
+    push, terms = sampler.guidance(x, y, c)
+    r = (x + 1) / 2 - y
+    expected = 2 * r * (1 - (1 - k / (2 * substeps)) ** substeps)
+    assert torch.allclose(push, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(terms["data"], r.pow(2).mean((1, 2, 3)))  # the loss reported is the one before the push
+    if substeps == 40:  # converged: the pushed image explains y
+        assert float(((x - push + 1) / 2 - y).abs().max()) < 1e-4
+    # 0 = one substep per 1000-step interval: 100 at 10 steps
+    assert GDPSampler(unet, _diffusion("10"), Identity(), s, guidance_substeps=0).substeps == 100
+    assert GDPSampler(unet, _diffusion("250"), Identity(), s, guidance_substeps=0).substeps == 4
 
 
 def test_gdp_xt_guides_with_the_loss_on_x_t(unet):

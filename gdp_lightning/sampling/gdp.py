@@ -125,6 +125,11 @@ class GDPSampler:
     :param whole_image: run the UNet on the whole image whatever its size (it must be a multiple of the
         UNet's downsampling factor).
     :param clip_denoised: clamp x̃0 to [-1, 1].
+    :param guidance_substeps: split each step's push into this many gradient steps, each evaluated where the
+        previous ones moved the image (1: one push, the official update; 0: ``round(1000 / steps)``, one per
+        1000-step interval the step covers). The same total push at few steps without overshooting: a data
+        term whose push exceeds its curvature (deblurring at 25 steps) converges instead of diverging. No
+        extra UNet forward: each substep costs one evaluation of the loss and its gradient.
     :param trajectory_every: record the state every this many steps (0: never; the last step is
         always recorded when > 0).
     :param trajectory_images: how many images of the batch the trajectory keeps.
@@ -153,6 +158,7 @@ class GDPSampler:
         tile_batch: int = 16,
         whole_image: bool = False,
         clip_denoised: bool = True,
+        guidance_substeps: int = 1,
         trajectory_every: int = 0,
         trajectory_images: int = 4,
         progress: bool = False,
@@ -167,8 +173,8 @@ class GDPSampler:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if phi_steps < 0 or tile_batch < 1:
-            raise ValueError("phi_steps must be >= 0 and tile_batch >= 1")
+        if phi_steps < 0 or tile_batch < 1 or guidance_substeps < 0:
+            raise ValueError("phi_steps and guidance_substeps must be >= 0 and tile_batch >= 1")
         self.unet, self.diffusion, self.degradation = unet, diffusion, degradation
         self.scale, self.scale_convention = float(scale), scale_convention
         self.variant, self.method, self.eta = variant, method, float(eta)
@@ -181,6 +187,7 @@ class GDPSampler:
         self.tile_batch = tile_batch
         self.whole_image = whole_image or self.tile_size is None
         self.clip_denoised = clip_denoised
+        self.guidance_substeps = guidance_substeps
         self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
         self.progress = progress
         self._tiler: Optional[Tiler] = None
@@ -270,8 +277,25 @@ class GDPSampler:
             terms[q.name] = q.loss(q.loss.prepare(image))
         return terms
 
+    @property
+    def substeps(self) -> int:
+        """Gradient steps per guidance push (see ``guidance_substeps``)."""
+        if self.guidance_substeps:
+            return self.guidance_substeps
+        return max(1, round(PAPER_STEPS / self.diffusion.num_timesteps))
+
     def guidance(self, image: torch.Tensor, y: torch.Tensor, c: float):
-        """Gradient of the weighted guidance objective with respect to ``image``, and the loss terms."""
+        """The push of one step: c times the gradient of the weighted guidance objective with respect to
+        ``image`` (in ``substeps`` parts, each at the image moved by the parts before it), and the loss terms at
+        ``image``."""
+        m = self.substeps
+        push, terms = self._gradient(image, y, c / m)
+        for _ in range(m - 1):
+            part, _ = self._gradient(image - push, y, c / m)
+            push = push + part
+        return push, terms
+
+    def _gradient(self, image: torch.Tensor, y: torch.Tensor, c: float):
         image = image.detach().requires_grad_(True)
         with torch.enable_grad():
             terms = self.loss_terms(image, y)
