@@ -288,6 +288,20 @@ def test_real_photo_formats_keep_alpha_bits_and_orientation(tiny_prior, crops, t
     assert (r.bits, r.mode, r.size) == (8, "RGB", (48, 64))  # (height, width): upright, 4x the shown 12x16
 
 
+def test_predict_precision_option(tiny_prior, photos16, tmp_path, capfd):
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                      "--model.precision", precision, "--writer.output_dir", str(out))
+        assert rc == 0, err
+        assert json.loads((out / "run.json").read_text())["model"]["precision"] == precision
+        outputs[precision] = torch.stack([read_image(out / f"im{i}.png").pixels for i in range(3)])
+    diff = (outputs["fp32"] - outputs["bf16"]).abs()
+    assert float(diff.max()) > 0  # the UNet really ran in bfloat16
+    assert float(diff.mean()) * 255 < 0.5  # and restored the same images (measured: 0.011 levels)
+
+
 def test_small_images_error_and_per_image_kernel_file(tiny_prior, crops, tmp_path, capfd):
     photos = write_images(tmp_path / "in", [crops[0, :, :24, :24]], ["p"])
     kernel = torch.zeros(5, 5)
