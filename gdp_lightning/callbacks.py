@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -44,6 +45,18 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """:func:`sha256` of a checkpoint, read once per content (a resumed run's check and its record both need the
+    hash of a file that may be gigabytes): cached by the file's path, size and modification time."""
+    stat = Path(path).stat()
+    return _cached_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256(Path(path))
 
 
 def _number(x: float) -> float:
@@ -96,7 +109,7 @@ def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:
     walk("", model)
     checkpoint = model.get("checkpoint")
     if "checkpoint_sha256" not in flat and checkpoint and Path(checkpoint).is_file():
-        flat["checkpoint_sha256"] = sha256(Path(checkpoint))
+        flat["checkpoint_sha256"] = checkpoint_sha256(Path(checkpoint))
     return {k: v for k, v in flat.items() if k not in NEUTRAL_SETTINGS}
 
 
@@ -148,7 +161,7 @@ class RestorationWriter(Callback):
             raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
                              f"{self._dir}; rename it")
         self._summarized = False
-        self._earlier: List[str] = []
+        self._earlier = []
         if not self.overwrite and any(self.is_done(it.name) for it in items):
             self._check_resume(pl_module)
         if trainer.is_global_zero:
@@ -208,7 +221,7 @@ class RestorationWriter(Callback):
         model = describe() if describe is not None else {}
         checkpoint = model.get("checkpoint")
         if checkpoint and Path(checkpoint).is_file():
-            model["checkpoint_sha256"] = sha256(Path(checkpoint))
+            model["checkpoint_sha256"] = checkpoint_sha256(Path(checkpoint))
         record = {
             "stage": stage,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -793,7 +793,8 @@ class GDPModule(L.LightningModule):
             "quality": [f"{q.name}: weight {q.weight}{' x scale' if q.relative else ''}" for q in self.quality],
             "sampler": dataclasses.asdict(self.settings),
             "seed": self.seed,
-            "precision": self.precision_name or "fp32",
+            # the UNet's compute precision: the option's, else the prior's own (use_fp16)
+            "precision": self.precision_name or ("fp16" if self.prior.unet.use_fp16 else "fp32"),
             "checkpoint": str(Path(self.prior.checkpoint).resolve()) if self.prior.checkpoint else None,
         }
 

@@ -75,9 +75,9 @@ class ShardSampler(ProcessSampler):
     No repetition, no shuffling: across the processes every batch is taken exactly once (some ranks may get one
     batch fewer). With several processes, one that has no batch at all (fewer batches than processes, e.g. a
     resumed run with few inputs left) gets the single position :data:`EMPTY_BATCH` instead: an empty batch keeps
-    it in the loop, so that every process reaches the collective calls (metrics, barriers) of the others. It is a :class:`~torch.utils.data.DistributedSampler` on purpose: Lightning keeps a
-    sampler that already is one instead of replacing it by its own (which would pad and repeat), for predict,
-    validate and test alike.
+    it in the loop, so that every process reaches the collective calls (metrics, barriers) of the others. It is
+    a :class:`~torch.utils.data.DistributedSampler` on purpose: Lightning keeps a sampler that already is one
+    instead of replacing it by its own (which would pad and repeat), for predict, validate and test alike.
 
     :param num_batches: how many batches there are in all (the dataset's length).
     :param num_replicas: the number of processes (default: the world size of ``torch.distributed``, 1 when it
