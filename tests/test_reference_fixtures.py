@@ -196,6 +196,10 @@ def _task_setup(fx: dict, case: dict):
     from gdp_lightning.sampling import QualityTerm
 
     task = case.get("task", "lowlight")
+    if task == "none":  # an unguided case (scale 0): the guided mean is the unguided one
+        from gdp_lightning.degradations import Identity
+
+        return Identity(), []
     if task == "sr4":
         return SuperResolution(4, output="full"), []
     if task == "deblur":
