@@ -23,7 +23,7 @@ from gdp_lightning.degradations import (
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.losses import ColorConstancy, ExposureControl
 from gdp_lightning.prior.spec import DiffusionSettings
-from gdp_lightning.sampling import GDPSampler, GuidanceDivergedError, QualityTerm, Tiler, tile_starts
+from gdp_lightning.sampling import GDPSampler, QualityTerm, Tiler, tile_starts
 
 from .helpers import _tiny
 
@@ -394,9 +394,11 @@ def test_shared_hdr_phi_step_at_lr_one_third_is_the_official_average(unet):
 
 # ------------------------------------------------------------------ errors
 def test_divergence_is_reported_with_the_step(unet):
+    """A sample that turns non-finite is flagged with its step, not raised; the batch goes on (zeros for it)."""
     y = SuperResolution(2)(torch.rand(1, 3, 32, 32))
-    with pytest.raises(GuidanceDivergedError, match=r"non-finite at step \d of 5 \(timestep \d+\).*smaller scale than 1e\+38"):
-        GDPSampler(unet, _diffusion(), SuperResolution(2), 1e38).restore(y)
+    result = GDPSampler(unet, _diffusion(), SuperResolution(2), 1e38).restore(y)
+    assert isinstance(result.diverged[0], int) and 1 <= result.diverged[0] <= 5
+    assert bool(torch.isfinite(result.images).all())
 
 
 def test_bad_settings_and_inputs(unet):

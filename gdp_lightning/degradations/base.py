@@ -93,6 +93,10 @@ class Degradation(nn.Module):
         """A per-image penalty on φ, shape ``(N,)``, added to φ's objective (e.g. smoothness), or ``None``."""
         return None
 
+    def noise_sigma(self) -> float:
+        """Standard deviation of the noise :meth:`observe` adds, on the [0, 1] scale (0: none)."""
+        return 0.0
+
 
 def _per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
     """Broadcast a given parameter to a leading batch dimension of ``batch_size``."""
@@ -148,6 +152,9 @@ class GaussianNoise(Degradation):
 
     def adjoint(self, y: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         return y
+
+    def noise_sigma(self) -> float:
+        return self.sigma
 
     def observe(self, x: torch.Tensor, generators: Generators = None) -> torch.Tensor:
         if self.sigma == 0:
@@ -238,3 +245,7 @@ class Compose(Degradation):
     def regularization(self) -> Optional[torch.Tensor]:
         terms: List[torch.Tensor] = [r for r in (op.regularization() for op in self.operators) if r is not None]
         return sum(terms) if terms else None
+
+    def noise_sigma(self) -> float:
+        # noise added before later operators is transformed by them; its σ is counted as it was added
+        return sum(op.noise_sigma() ** 2 for op in self.operators) ** 0.5

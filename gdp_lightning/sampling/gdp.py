@@ -33,6 +33,8 @@ from torch import nn
 from ..degradations import Degradation
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..losses import RECONSTRUCTION, QualityLoss
+from .consistency import DataConsistency, supports_consistency
+from .divergence import DivergenceMonitor
 from .tiling import Tiler
 
 __all__ = ["GDPSampler", "GDPResult", "QualityTerm", "StepInfo", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
@@ -42,7 +44,7 @@ PAPER_SIZE = 256
 
 
 class GuidanceDivergedError(FloatingPointError):
-    """The sample became non-finite: the guidance was too strong."""
+    """Restorations diverged (non-finite, or a data term far past its lowest value): the guidance was too strong."""
 
 
 @dataclass
@@ -93,12 +95,15 @@ class StepInfo:
 
 @dataclass
 class GDPResult:
-    """Restored images in [0, 1], the final φ, the final loss terms per image and the trajectory."""
+    """Restored images in [0, 1], the final φ, the final loss terms per image, the trajectory, and per image the
+    step at which it diverged (``None``: it did not; see :mod:`.divergence`). A diverged image's values are
+    not a restoration (zeros where the sample became non-finite)."""
 
     images: torch.Tensor
     phi: Dict[str, torch.Tensor]
     losses: Dict[str, torch.Tensor]
     trajectory: List[TrajectoryPoint] = field(default_factory=list)
+    diverged: List[Optional[int]] = field(default_factory=list)
 
 
 class GDPSampler:
@@ -125,6 +130,17 @@ class GDPSampler:
     :param whole_image: run the UNet on the whole image whatever its size (it must be a multiple of the
         UNet's downsampling factor).
     :param clip_denoised: clamp x̃0 to [-1, 1].
+    :param guidance: how the data term guides: ``"gradient"`` (GDP: μ moves along −s·∇ of the data term,
+        the official rule), ``"proximal"`` (x̃0 is replaced by the proximal solution of the data term,
+        :class:`~gdp_lightning.sampling.consistency.DataConsistency`: exact consistency, no scale; linear
+        operators without learnable φ only) or ``"auto"`` (proximal where it applies, else gradient). Quality
+        terms are gradient pushes under every rule.
+    :param noise_sigma: the observation's noise σ_y on the [0, 1] scale for the proximal rule (default: the σ of
+        the degradation's :class:`~gdp_lightning.degradations.GaussianNoise`, else 0).
+    :param quantization: step of the observation's values (1/255: 8-bit files); the proximal rule assumes at
+        least their rounding error as noise. 0: exact float observations.
+    :param confidence: the proximal rule's κ: x̃0's error as a fraction of x_t's noise level.
+    :param prox_iterations: conjugate-gradient iterations of the proximal step at most.
     :param guidance_substeps: split each step's push into this many gradient steps, each evaluated where the
         previous ones moved the image (1: one push, the official update; 0: ``round(1000 / steps)``, one per
         1000-step interval the step covers). The same total push at few steps without overshooting: a data
@@ -158,6 +174,11 @@ class GDPSampler:
         tile_batch: int = 16,
         whole_image: bool = False,
         clip_denoised: bool = True,
+        guidance: str = "gradient",
+        noise_sigma: Optional[float] = None,
+        quantization: float = 1 / 255,
+        confidence: float = 0.5,
+        prox_iterations: int = 50,
         guidance_substeps: int = 1,
         trajectory_every: int = 0,
         trajectory_images: int = 4,
@@ -170,6 +191,7 @@ class GDPSampler:
             ("data_loss", data_loss, tuple(RECONSTRUCTION)),
             ("phi_optimizer", phi_optimizer, ("adam", "sgd")),
             ("phi_update", phi_update, ("before", "after")),
+            ("guidance", guidance, ("gradient", "proximal", "auto")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -188,9 +210,35 @@ class GDPSampler:
         self.whole_image = whole_image or self.tile_size is None
         self.clip_denoised = clip_denoised
         self.guidance_substeps = guidance_substeps
+        self.guidance_rule = guidance
+        self.data_loss_name = data_loss
+        if noise_sigma is None:
+            noise_sigma = degradation.noise_sigma()
+        self.noise_sigma = float(noise_sigma)
+        self.consistency = DataConsistency(degradation, noise_sigma, quantization, confidence, prox_iterations)
+        if guidance == "proximal":
+            self._check_proximal()
         self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
         self.progress = progress
         self._tiler: Optional[Tiler] = None
+
+    # ------------------------------------------------------------ rules
+    def _check_proximal(self) -> None:
+        why = supports_consistency(self.degradation, self.data_loss_name)
+        if why is None and self.variant == "xt":
+            why = "the GDP-xt variant guides x_t, not x̃0"
+        if why is not None:
+            raise ValueError(f"guidance 'proximal' needs a linear operator without learnable parameters: {why}; "
+                             "use guidance 'gradient' or 'auto'")
+
+    @property
+    def proximal(self) -> bool:
+        """Whether the data term enters through the proximal step (else through its gradient)."""
+        if self.guidance_rule == "gradient":
+            return False
+        if self.guidance_rule == "proximal":
+            return True
+        return self.variant == "x0" and supports_consistency(self.degradation, self.data_loss_name) is None
 
     # ------------------------------------------------------------ scales
     def conversion(self, height: int, width: int, channels: int = 3) -> float:
@@ -284,22 +332,26 @@ class GDPSampler:
             return self.guidance_substeps
         return max(1, round(PAPER_STEPS / self.diffusion.num_timesteps))
 
-    def guidance(self, image: torch.Tensor, y: torch.Tensor, c: float):
+    def guidance(self, image: torch.Tensor, y: torch.Tensor, c: float, data: bool = True):
         """The push of one step: c times the gradient of the weighted guidance objective with respect to
         ``image`` (in ``substeps`` parts, each at the image moved by the parts before it), and the loss terms at
-        ``image``."""
+        ``image``. ``data=False`` leaves the data term out of the push (the proximal rule); it is still reported."""
+        if not data and not self.quality:
+            with torch.no_grad():
+                terms = self.loss_terms(image, y)
+            return torch.zeros_like(image), terms
         m = self.substeps
-        push, terms = self._gradient(image, y, c / m)
+        push, terms = self._gradient(image, y, c / m, data)
         for _ in range(m - 1):
-            part, _ = self._gradient(image - push, y, c / m)
+            part, _ = self._gradient(image - push, y, c / m, data)
             push = push + part
         return push, terms
 
-    def _gradient(self, image: torch.Tensor, y: torch.Tensor, c: float):
+    def _gradient(self, image: torch.Tensor, y: torch.Tensor, c: float, data: bool = True):
         image = image.detach().requires_grad_(True)
         with torch.enable_grad():
             terms = self.loss_terms(image, y)
-            objective = self.scale * terms["data"].sum()
+            objective = self.scale * terms["data"].sum() if data else 0.0
             for q in self.quality:
                 weight = q.weight * self.scale if q.relative else q.weight
                 objective = objective + weight * terms[q.name].sum()
@@ -350,16 +402,23 @@ class GDPSampler:
         target = mv.pred_xstart if self.variant == "x0" else x
         if self.phi_update == "after":
             self.update_phi(target, y, optimizer)
-        grad, terms = self.guidance(target, y, c)
+        proximal = self.proximal
+        grad, terms = self.guidance(target, y, c, data=not proximal)
         if self.phi_update == "before":
             self.update_phi(target, y, optimizer)
+        coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
+        if proximal:  # the data step as a push on μ: x̃0 → x̂0 moves μ by c₁·(x̂0 − x̃0)
+            noise_level = self.diffusion._extract("sqrt_recipm1_alphas_cumprod", t, x.ndim)
+            x0_hat = self.consistency((target + 1) / 2, y, noise_level) * 2 - 1
+            if self.clip_denoised:
+                x0_hat = x0_hat.clamp(-1, 1)
+            grad = grad + coef1 * (target - x0_hat)
         if noise is None:  # no noise: the last step, or a deterministic call
             noise = torch.zeros_like(x)
         if self.method == "ddpm":
             mean = mv.mean - grad
             step = self.diffusion.ddpm_step(mv, x, t, noise, mean=mean)
         else:
-            coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
             x0_guided = mv.pred_xstart - grad / coef1
             step = self.diffusion.ddim_step(mv, x, t, noise=noise, eta=self.eta, pred_xstart=x0_guided)
         return step.sample, step.mean, mv, terms
@@ -407,16 +466,17 @@ class GDPSampler:
         trajectory: List[TrajectoryPoint] = []
         terms: Dict[str, torch.Tensor] = {}
         total = self.diffusion.num_timesteps
+        monitor = DivergenceMonitor(n, noise_sigma=self.noise_sigma)
+        with torch.no_grad():  # the data term of a flat mid-gray image: a bound no restoration should exceed
+            monitor.bound(self.data_terms(torch.zeros(n, channels, h, w, device=device), y))
         for i in steps:
             t = torch.full((n,), i, device=device, dtype=torch.long)
             noise = randn(x.shape, noise_gens, device=device) if (i > 0 and (self.method == "ddpm" or self.eta > 0)) else None
             x, _, mv, terms = self.guided_step(x, t, y, labels=labels, optimizer=optimizer, noise=noise, c=c)
-            if not bool(torch.isfinite(x).all()):
-                timestep = int(self.diffusion.model_timesteps(t[:1]))
-                raise GuidanceDivergedError(
-                    f"the sample became non-finite at step {total - i} of {total} (timestep {timestep}): the "
-                    f"guidance diverged; use a smaller scale than {self.scale:g}"
-                )
+            finite = torch.isfinite(x).flatten(1).all(1)
+            if not bool(finite.all()):  # the others go on; this one is flagged and carried as zeros
+                x = torch.where(finite[:, None, None, None], x, torch.zeros_like(x))
+            monitor.update(total - i, terms["data"], finite)
             if on_step is not None:
                 on_step(StepInfo(total - i, total, int(self.diffusion.model_timesteps(t[:1])), x, mv.pred_xstart,
                                  terms, self.degradation))
@@ -431,9 +491,13 @@ class GDPSampler:
                         phi={name: v[:k] for name, v in self.degradation.phi().items()},
                     )
                 )
+        images = ((x + 1) / 2).clamp(0, 1)
+        with torch.no_grad():
+            monitor.update(total, self.data_terms(images * 2 - 1, y))  # the final image's data term
         return GDPResult(
-            images=((x + 1) / 2).clamp(0, 1),
+            images=images,
             phi=self.degradation.phi(),
             losses={name: v.cpu() for name, v in terms.items()},
             trajectory=trajectory,
+            diverged=monitor.diverged_at(),
         )
