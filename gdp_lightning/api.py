@@ -21,6 +21,7 @@ import yaml
 from .degradations import Degradation
 from .errors import ConfigError
 from .prior import PRESET_CONFIGS, PRESETS, PriorSpec
+from .sampling import GuidanceDivergedError
 
 __all__ = ["restore", "build_module", "CONFIG_DIR", "task_config"]
 
@@ -177,10 +178,17 @@ def restore(
         out = module.restore_batch(batch)
         for item in out["items"]:
             r = item["results"][0]
-            results.append({"image": r["image"], "phi": r["phi"], "losses": r["losses"], "metrics": r["metrics"]})
+            results.append({"image": r["image"], "phi": r["phi"], "losses": r["losses"], "metrics": r["metrics"],
+                            "diverged": r.get("diverged")})
         offset += n
     if details:
         return results
+    failed = [f"{i} (step {r['diverged']['step']})" for i, r in enumerate(results) if r["image"] is None]
+    if failed:
+        raise GuidanceDivergedError(
+            f"the restoration of image {', '.join(failed)} diverged: use a smaller scale, "
+            "sampler={'on_divergence': 'retry'}, or details=True to keep the other images"
+        )
     if single:
         return torch.stack([r["image"] for r in results])
     return [r["image"] for r in results]

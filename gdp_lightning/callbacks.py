@@ -134,6 +134,8 @@ class RestorationWriter(Callback):
         self._rank = 0
         self._summarized = False
         self._earlier: List[str] = []
+        #: the images of the last summary that diverged, as ``"name (step k of n)"`` (first process only)
+        self.failed: List[str] = []
 
     # ---------------------------------------------------------------- where
     @property
@@ -212,8 +214,17 @@ class RestorationWriter(Callback):
             self.summarize(trainer, pl_module)
 
     def is_done(self, name: str) -> bool:
-        """Whether ``name`` was restored by an earlier run (its record, written last, exists)."""
-        return not self.overwrite and self._dir is not None and (self._dir / f"{name}.json").is_file()
+        """Whether ``name`` was restored by an earlier run (its record, written last, exists and does not say it
+        failed: a rerun restores the images that diverged again)."""
+        if self.overwrite or self._dir is None:
+            return False
+        path = self._dir / f"{name}.json"
+        if not path.is_file():
+            return False
+        try:
+            return not json.loads(path.read_text()).get("failed", False)
+        except (OSError, ValueError):
+            return False
 
     # ---------------------------------------------------------------- record
     def write_run_record(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
@@ -268,8 +279,15 @@ class RestorationWriter(Callback):
             record["label"] = item["label"]
         for result in results:
             suffix = f"_s{result['scale']:g}" if multi else ""
-            if result.get("image") is None:  # this scale of a sweep diverged
-                record["results"].append({"scale": result["scale"], "diverged": result.get("diverged", "")})
+            retried = {"retries": result["retries"], "scale_used": result["scale_used"]} if result.get("retries") else {}
+            diverged = result.get("diverged")
+            flags = {"diverged": True, "diverged_step": diverged["step"], "steps": diverged["of"]} if diverged else {}
+            if result.get("image") is None:  # no output: where it went wrong, and its last loss terms
+                record["failed"] = True
+                record["results"].append({
+                    "scale": result["scale"], **flags, **retried,
+                    "losses": {k: _number(v) for k, v in result["losses"].items()},
+                })
                 continue
             image_path = out / f"{name}{suffix}.png"
             write_image(image_path, result["image"], bits=item.get("bits", 8), alpha=item.get("alpha"),
@@ -277,6 +295,9 @@ class RestorationWriter(Callback):
             entry: Dict[str, Any] = {
                 "scale": result["scale"],
                 "output": image_path.name,
+                "diverged": False,
+                **flags,  # on_divergence keep: written all the same, marked
+                **retried,
                 "losses": {k: _number(v) for k, v in result["losses"].items()},
                 "metrics": {k: _number(v) for k, v in result["metrics"].items()},
                 "phi": {k: phi_summary(v) for k, v in result["phi"].items()},
@@ -360,17 +381,26 @@ class RestorationWriter(Callback):
                            or p.stem not in RESERVED)
         rows: List[Dict[str, Any]] = []
         indices: Dict[str, int] = {}
+        failed: List[str] = []
+        self.failed = failed
         for name in names:
             path = self.directory / f"{name}.json"
             if not path.is_file():
                 continue
             record = json.loads(path.read_text())
             for entry in record.get("results", []):
-                if "metrics" not in entry:
+                if entry.get("diverged") and "output" not in entry:
+                    rows.append({"name": name, "scale": entry["scale"], "diverged": 1,
+                                 "diverged_step": entry.get("diverged_step")})
+                    failed.append(f"{name} (step {entry.get('diverged_step')} of {entry.get('steps')})")
+                elif "metrics" in entry:
+                    rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
+                                 "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
+                else:
                     continue
-                rows.append({"name": name, "scale": entry["scale"], **entry.get("metrics", {})})
                 indices[name] = record.get("index", len(indices))
-        columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale"})
+        extra = ["diverged", "diverged_step"]
+        columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale", *extra}) + extra
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
@@ -382,9 +412,9 @@ class RestorationWriter(Callback):
             chosen = [r for r in rows if r["scale"] == scale]
             means[f"{scale:g}"] = {
                 k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
-                for k in columns[2:]
+                for k in columns[2:] if k != "diverged_step"
             }
-        summary = {"images": len({r["name"] for r in rows}), "mean_by_scale": means,
+        summary = {"images": len({r["name"] for r in rows}), "failed": failed, "mean_by_scale": means,
                    "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
         _json_dump(self.directory / "metrics.json", summary)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
@@ -398,7 +428,8 @@ class RestorationWriter(Callback):
         sweep = len(means) > 1
         for row in rows:
             suffix = f"/s{row['scale']:g}" if sweep else ""
-            values = {f"predict/{k}{suffix}": float(v) for k, v in row.items() if k not in ("name", "scale")}
+            values = {f"predict/{k}{suffix}": float(v) for k, v in row.items()
+                      if k not in ("name", "scale") and v is not None}
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=indices[row["name"]])
         for scale, mean in means.items():

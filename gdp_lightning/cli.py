@@ -10,7 +10,9 @@ Configs compose left to right; every option can be overridden on the command lin
 ``data`` and ``trainer``, the options hold ``writer`` (:class:`RestorationWriter`: where the outputs go,
 resume) and ``trajectory`` (:class:`TrajectoryLogger`: what goes to TensorBoard).
 User errors (a missing folder, an unreadable image, a checkpoint of another architecture, an impossible
-option) end with one line ``gdp: error: ...`` and exit status 2; ``GDP_DEBUG=1`` shows the traceback.
+option) end with one line ``gdp: error: ...`` and exit status 2; ``GDP_DEBUG=1`` shows the traceback. A run that
+restored every image but some diverged (no output for them; see :mod:`gdp_lightning.sampling.divergence`)
+ends with one line naming them and exit status 3.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from .data import GDPDataModule
 from .errors import GDPError
 from .module import GDPModule
 
-__all__ = ["GDPCLI", "main", "USER_ERRORS"]
+__all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_DIVERGED"]
+
+#: exit status of a run that finished but left some images without output because their restoration diverged
+EXIT_DIVERGED = 3
 
 DESCRIPTION = (
     "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
@@ -137,14 +142,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args[:1] == ["export"]:
             return export_main(args[1:])
-        GDPCLI(args=argv)
+        cli = GDPCLI(args=argv)
     except USER_ERRORS as e:
         if os.environ.get("GDP_DEBUG"):
             raise
         message = " ".join(str(e).split("\n")).strip() or type(e).__name__
         print(f"gdp: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return _failures(cli)
+
+
+def _failures(cli: GDPCLI) -> int:
+    """Exit status 3 with one line when some images diverged (their records say where; a rerun retries them)."""
+    trainer = getattr(cli, "trainer", None)
+    writers = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, RestorationWriter)]
+    failed = [name for w in writers for name in w.failed]
+    if not failed:
+        return 0
+    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    print(f"gdp: {len(failed)} restoration(s) diverged and have no output: {shown}; their records in "
+          f"{writers[0].directory} say where. Rerun to retry them, with a smaller --model.sampler.scale or "
+          "--model.sampler.on_divergence retry", file=sys.stderr)
+    return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
-from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOperator
+from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOperator, kernel_error, kernel_width
 from .diffusion import GaussianDiffusion, randn
 from .errors import ConfigError, GDPError, InputError
 from .metrics import ImageMetrics, to_8bit
 from .prior import PriorSpec, load_prior_weights
-from .sampling import GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
+from .sampling import GDPResult, GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 from .training import (
     TrainingSettings,
     UniformTimesteps,
@@ -82,6 +82,21 @@ class SamplerSettings:
     :param guidance_substeps: each step's guidance push in this many gradient steps, each where the previous
         moved the image (1: the official single push; 0: ``1000 / steps`` of them, which keeps few-step runs
         (25) from overshooting at scales that suit 100; no extra UNet forward).
+    :param guidance: ``auto`` (the exact data-consistency step where the operator is linear and known: no
+        scale needed, the same at any step count; the GDP gradient elsewhere), ``proximal`` (that step, or an
+        error) or ``gradient`` (GDP's push −s·∇ everywhere, the official rule).
+    :param noise_sigma: the observation's noise σ on the [0, 1] scale (default: the task's GaussianNoise σ, else 0);
+        the data-consistency step stops fitting at that level.
+    :param quantization: step of the observation's values (1/255: 8-bit files; 0: exact float values); their
+        rounding error is the least noise assumed.
+    :param confidence: the data-consistency step's trust in the prior's x̃0 (its error as a fraction of the
+        step's noise level).
+    :param prox_iterations: conjugate-gradient iterations of the data-consistency step at most.
+    :param on_divergence: ``flag``: an image whose restoration diverged (see
+        :mod:`gdp_lightning.sampling.divergence`) is recorded as such, without an output, and the run's exit
+        status is 3; ``retry``: it is restored again at half the scale, up to ``max_retries`` times, before it is
+        flagged; ``keep``: its output is written and scored all the same, its record says it diverged.
+    :param max_retries: restarts of a diverged image with ``on_divergence: retry``.
     """
 
     steps: str = "100"
@@ -102,11 +117,25 @@ class SamplerSettings:
     whole_image: bool = False
     clip_denoised: bool = True
     guidance_substeps: int = 1
+    guidance: str = "auto"
+    noise_sigma: Optional[float] = None
+    quantization: float = 1 / 255
+    confidence: float = 0.5
+    prox_iterations: int = 50
+    on_divergence: str = "flag"
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.on_divergence not in ("flag", "retry", "keep"):
+            raise ConfigError("--model.sampler.on_divergence must be 'flag', 'retry' or 'keep', got "
+                              f"{self.on_divergence!r}")
+        if self.max_retries < 0:
+            raise ConfigError(f"--model.sampler.max_retries must be >= 0, got {self.max_retries}")
 
     def sampler_options(self) -> Dict[str, Any]:
         """The keyword arguments of :class:`GDPSampler` these settings hold."""
         options = dataclasses.asdict(self)
-        for key in ("steps", "scale", "scales"):
+        for key in ("steps", "scale", "scales", "on_divergence", "max_retries"):
             del options[key]
         return options
 
@@ -274,11 +303,26 @@ class GDPModule(L.LightningModule):
         if self.labels_file is not None:
             self._labels = read_labels(self.labels_file)
         self._check_inputs()
+        if stage != "fit":
+            self._check_sweep()
         self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
                                      fid_feature_extractor=self.fid_feature_extractor, groups=self._scale_suffixes())
-        keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in self.metric_names if m != "fid"]
+        keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in [*self.metric_names, "diverged"]
+                if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
         self.prepared_stage = stage
+
+    def _check_sweep(self) -> None:
+        """A scale sweep must sweep something: under the data-consistency rule only relative quality weights
+        depend on the scale."""
+        if len(self.settings.scale_list()) < 2 or any(q.relative for q in self.quality):
+            return
+        if self.make_sampler(self.settings.scale_list()[0]).proximal:
+            raise ConfigError(
+                "--model.sampler.scales: this task's data term is the exact data-consistency step (guidance "
+                f"{self.settings.guidance!r}), which has no scale, so every scale would give the same images; "
+                "set --model.sampler.guidance gradient to sweep GDP's scale"
+            )
 
     def _check_inputs(self) -> None:
         """What the data module found must fit the task: checked before the first restoration."""
@@ -465,17 +509,7 @@ class GDPModule(L.LightningModule):
                 item["label"] = label
         for scale, suffix in zip(scales, self._scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
-            sampler = self.make_sampler(scale)
-            try:
-                result = sampler.restore(y, seeds=seeds, labels=labels,
-                                         on_step=lambda info: self._on_step(info, context))
-            except GuidanceDivergedError as e:
-                if len(scales) == 1:
-                    raise
-                for item in items:  # a sweep goes on with the other scales
-                    item["results"].append({"scale": scale, "image": None, "diverged": str(e), "phi": {},
-                                            "losses": {}, "metrics": {}})
-                continue
+            result, retries, used = self._restore_with_retries(y, seeds, labels, scale, context)
             full = to_8bit(result.images)
             if any(gray_out):  # metrics of what the file holds: one channel, the mean of the three
                 gray = torch.tensor(gray_out, device=full.device)[:, None, None, None]
@@ -483,23 +517,62 @@ class GDPModule(L.LightningModule):
             with torch.no_grad():
                 ax = self.degradation(full)[..., :oh, :ow]
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
-            values = {} if self._metrics is None else self._metrics.per_image(
-                full[..., :out_h, :out_w], gt=gt, ax=ax, y=y[..., :oh, :ow], low=low, group=suffix)
+            kept = self.settings.on_divergence == "keep"
+            keep = [b for b, d in enumerate(result.diverged) if d is None or kept]  # diverged: not scored
+            values: Dict[str, torch.Tensor] = {}
+            if self._metrics is not None and keep:
+                pick = lambda v: None if v is None else v[keep]  # noqa: E731
+                scored = self._metrics.per_image(full[keep][..., :out_h, :out_w], gt=pick(gt), ax=ax[keep],
+                                                 y=y[keep][..., :oh, :ow], low=pick(low), group=suffix)
+                values = {k: torch.full((len(items),), float("nan"), dtype=v.dtype).index_copy_(
+                    0, torch.tensor(keep), v) for k, v in scored.items()}
             restored = result.images[..., :out_h, :out_w]  # full precision: 16-bit outputs keep it
             phi = result.phi
             if any(pad):  # per-pixel φ (an illumination map M) was made at the padded size: crop it as the image
                 padded = tuple(result.images.shape[-2:])
                 phi = {k: v[..., :out_h, :out_w] if v.ndim >= 2 and tuple(v.shape[-2:]) == padded else v
                        for k, v in phi.items()}
+            total = self.diffusion.num_timesteps
+            blind = any(k.split(".")[-1].startswith("kernel") for k in self.degradation.learnable_parameters())
+            kernel_scores = blind_kernel_scores(phi, batch.get("true_kernel") if blind else None, len(items))
             for b, item in enumerate(items):
-                item["results"].append({
+                entry = {
                     "scale": scale,
                     "image": restored[b].cpu(),
                     "phi": {k: v[b] if v.shape[0] == len(items) else v[0] for k, v in phi.items()},
                     "losses": {k: float(v[b]) for k, v in result.losses.items()},
-                    "metrics": {k: float(v[b]) for k, v in values.items()},
-                })
+                    "metrics": {**{k: float(v[b]) for k, v in values.items()}, **kernel_scores[b]},
+                    "diverged": None,
+                }
+                if retries[b]:
+                    entry.update(retries=retries[b], scale_used=used[b])
+                if result.diverged[b] is not None:  # the record says where it went wrong
+                    entry["diverged"] = {"step": result.diverged[b], "of": total}
+                    if not kept:  # no output
+                        entry.update(image=None, metrics={})
+                item["results"].append(entry)
         return {"items": items, "stage": stage}
+
+    def _restore_with_retries(self, y: torch.Tensor, seeds: List[int], labels: Optional[torch.Tensor], scale: float,
+                              context: "StepContext") -> tuple:
+        """Restore the batch at ``scale``; with ``on_divergence: retry``, restore the diverged images again at half
+        the scale (the whole batch runs, the others' results are kept: each image's result depends on its seed
+        only), up to ``max_retries`` times. Returns the result and, per image, its retries and the scale used."""
+        n = y.shape[0]
+        result = self.make_sampler(scale).restore(y, seeds=seeds, labels=labels,
+                                                  on_step=lambda info: self._on_step(info, context))
+        retries, used = [0] * n, [scale] * n
+        attempt, current = 0, scale
+        while self.settings.on_divergence == "retry" and attempt < self.settings.max_retries:
+            redo = [b for b, d in enumerate(result.diverged) if d is not None]
+            if not redo:
+                break
+            attempt, current = attempt + 1, current / 2
+            again = self.make_sampler(current).restore(y, seeds=seeds, labels=labels)
+            result = merge_results(result, again, redo)
+            for b in redo:
+                retries[b], used[b] = attempt, current
+        return result, retries, used
 
     def _on_step(self, info: StepInfo, context: StepContext) -> None:
         trainer = self._trainer
@@ -517,6 +590,11 @@ class GDPModule(L.LightningModule):
         indices = list(range(n)) if indices is None else list(indices)
         batch = {"y": y, "name": [str(i) for i in indices], "index": torch.tensor(indices)}
         out = self.restore_batch(batch)
+        failed = [f"{item['name']} (step {item['results'][0]['diverged']['step']})" for item in out["items"]
+                  if item["results"][0]["image"] is None]
+        if failed:
+            raise GuidanceDivergedError(f"the restoration of {', '.join(failed)} diverged: use a smaller scale or "
+                                        "on_divergence 'retry'")
         return torch.stack([item["results"][0]["image"] for item in out["items"]])
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
@@ -527,7 +605,9 @@ class GDPModule(L.LightningModule):
         suffixes = self._scale_suffixes()
         for k, suffix in enumerate(suffixes):
             for item in out["items"]:
-                for name, value in item["results"][k]["metrics"].items():
+                result = item["results"][k]
+                values = {**result["metrics"], "diverged": float(result.get("diverged") is not None)}
+                for name, value in values.items():
                     key = f"{name}{suffix}"
                     if key in self.eval_means and math.isfinite(value):
                         self.eval_means[key].update(torch.tensor(value, dtype=torch.float32))
@@ -797,6 +877,48 @@ class GDPModule(L.LightningModule):
             "precision": self.precision_name or ("fp16" if self.prior.unet.use_fp16 else "fp32"),
             "checkpoint": str(Path(self.prior.checkpoint).resolve()) if self.prior.checkpoint else None,
         }
+
+
+def blind_kernel_scores(phi: Dict[str, torch.Tensor], truths: Optional[List[Optional[torch.Tensor]]],
+                        n: int) -> List[Dict[str, float]]:
+    """Per image: how the learned kernel (φ ``kernel`` of a blind operator) compares with the true one, when the
+    synthetic observation's operator had one: ``kernel_error`` (‖k̂ − k‖/‖k‖), ``kernel_width`` and
+    ``true_kernel_width`` (RMS radius in pixels, see :func:`~gdp_lightning.degradations.kernel_width`)."""
+    learned = [v for k, v in phi.items() if k.split(".")[-1] == "kernel"]
+    if not truths or not learned:
+        return [{} for _ in range(n)]
+    kernels = learned[0]
+    out: List[Dict[str, float]] = []
+    for b in range(n):
+        truth = truths[b]
+        if truth is None:
+            out.append({})
+            continue
+        estimate = kernels[b if kernels.shape[0] == n else 0]
+        out.append({"kernel_error": kernel_error(estimate, truth), "kernel_width": kernel_width(estimate),
+                    "true_kernel_width": kernel_width(truth)})
+    return out
+
+
+def merge_results(first: GDPResult, second: GDPResult, take: Sequence[int]) -> GDPResult:
+    """``first`` with images ``take`` (their image, φ, losses and divergence) replaced by ``second``'s."""
+    n = first.images.shape[0]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[list(take)] = True
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.ndim == 0 or a.shape[0] != n:  # shared by the batch
+            return a
+        m = mask.to(a.device).reshape(-1, *([1] * (a.ndim - 1)))
+        return torch.where(m, b.to(a.device), a)
+
+    return GDPResult(
+        images=pick(first.images, second.images),
+        phi={k: pick(v, second.phi[k]) for k, v in first.phi.items()},
+        losses={k: pick(v, second.losses[k]) for k, v in first.losses.items()},
+        trajectory=first.trajectory,
+        diverged=[second.diverged[b] if mask[b] else d for b, d in enumerate(first.diverged)],
+    )
 
 
 def read_labels(path: str) -> Dict[str, int]:

@@ -28,7 +28,7 @@ from PIL import Image
 from gdp_lightning.cli import main
 from gdp_lightning.data import write_image
 
-from .helpers import TINY, _tiny
+from .helpers import KEEP, TINY, _tiny
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 5
@@ -39,7 +39,8 @@ def setup_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     torch.save(_tiny().state_dict(), root / "tiny.pt")
     prior = {"model": {"prior": {"name": "tiny", "checkpoint": str(root / "tiny.pt"), "unet": TINY,
-                                 "diffusion": {"diffusion_steps": 1000, "noise_schedule": "linear"}}}}
+                                 "diffusion": {"diffusion_steps": 1000, "noise_schedule": "linear"}},
+                       "sampler": KEEP}}
     (root / "tiny.yaml").write_text(yaml.safe_dump(prior))
     photos = root / "photos"
     g = torch.Generator().manual_seed(3)

@@ -37,7 +37,7 @@ from gdp_lightning.training import (
 )
 
 from .conftest import REPO, fixture_files
-from .helpers import TINY, _tiny
+from .helpers import KEEP, TINY, _tiny
 
 FINETUNE = REPO / "configs" / "finetune.yaml"
 SR4 = REPO / "configs" / "task" / "sr4.yaml"
@@ -73,7 +73,7 @@ def prior_config(folder: Path, flags: dict, state_dict: dict, name: str = "tiny"
     torch.save(state_dict, weights)
     config = folder / f"{name}.yaml"
     spec = {"name": name, "unet": flags, "diffusion": {"diffusion_steps": 1000}, "checkpoint": str(weights)}
-    config.write_text(yaml.safe_dump({"model": {"prior": spec}}))
+    config.write_text(yaml.safe_dump({"model": {"prior": spec, "sampler": KEEP}}))
     return config
 
 

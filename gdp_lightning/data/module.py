@@ -138,7 +138,10 @@ class RestorationBatches(Dataset):
             self.degradation.init_parameters(1, height, width, [generator], None)
             y = self.degradation.observe(x[None], generators=[generator])[0]
         image.alpha = alpha
-        return {"y": quantize_observation(y.detach().float(), self.quantize), "x": x, "image": image}
+        # the true kernel, when the operator blurs: a blind restoration's learned kernel is scored against it
+        kernels = [v[0, 0] for k, v in self.degradation.phi().items() if k.split(".")[-1] == "kernel"]
+        return {"y": quantize_observation(y.detach().float(), self.quantize), "x": x, "image": image,
+                "true_kernel": kernels[0] if kernels else None}
 
     def __getitem__(self, batch_index: int) -> Dict[str, Any]:
         if batch_index == EMPTY_BATCH:  # a process with nothing to do (see ShardSampler)
@@ -158,6 +161,8 @@ class RestorationBatches(Dataset):
         }
         if self.degradation is not None:
             batch["x"] = torch.stack([m["x"] for m in made])
+            if any(m["true_kernel"] is not None for m in made):
+                batch["true_kernel"] = [m["true_kernel"] for m in made]
         height, width = batch["y"].shape[-2:]
         if any(item.mask is not None for item in items):
             batch["mask"] = torch.stack([

@@ -14,7 +14,8 @@ import torch
 
 from .files import read_array
 
-__all__ = ["gaussian_kernel", "gdp_gaussian_kernel", "uniform_kernel", "motion_kernel", "load_kernel"]
+__all__ = ["gaussian_kernel", "gdp_gaussian_kernel", "uniform_kernel", "motion_kernel", "load_kernel", "kernel_width",
+           "kernel_error"]
 
 
 def _normalized(k: torch.Tensor) -> torch.Tensor:
@@ -115,3 +116,29 @@ def kernel_from_spec(spec: Union[str, Path, torch.Tensor]) -> torch.Tensor:
         except (IndexError, ValueError):
             raise ValueError(f"kernel {text!r}: write it as {KERNEL_SPECS[kind]}") from None
     return load_kernel(text).to(torch.float32)
+
+
+def kernel_width(kernel: torch.Tensor) -> float:
+    """The RMS radius of a kernel per axis, √((var_x + var_y) / 2) of its normalised mass: σ pixels for a Gaussian
+    of standard deviation σ (when the grid holds it), whatever the grid's size."""
+    k = kernel.detach().double().reshape(kernel.shape[-2:])
+    k = k.clamp_min(0) / k.clamp_min(0).sum()
+    rows = torch.arange(k.shape[0], dtype=torch.float64)
+    cols = torch.arange(k.shape[1], dtype=torch.float64)
+    py, px = k.sum(1), k.sum(0)
+    var_y = (py * rows**2).sum() - (py * rows).sum() ** 2
+    var_x = (px * cols**2).sum() - (px * cols).sum() ** 2
+    return float(((var_x + var_y) / 2).sqrt())
+
+
+def kernel_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    """‖k̂ − k‖ / ‖k‖ of two kernels, centred on a common grid (zero-padded to the larger size)."""
+    a, b = (k.detach().double().reshape(k.shape[-2:]) for k in (estimate, truth))
+    h, w = max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1])
+
+    def pad(k: torch.Tensor) -> torch.Tensor:
+        dh, dw = h - k.shape[0], w - k.shape[1]
+        return torch.nn.functional.pad(k, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+    a, b = pad(a / a.sum()), pad(b / b.sum())
+    return float((a - b).norm() / b.norm())
