@@ -53,7 +53,7 @@ def evaluate(name: str, heldout: Path, out: Path, steps: int, scales: list) -> l
     start = time.perf_counter()
     rc = gdp(["validate", *PRIORS[name], "--config", str(REPO / "configs/task/sr4.yaml"),
               "--data.input_dir", str(heldout), "--data.mode", "synthetic", "--data.batch_size", "8",
-              "--model.sampler.steps", str(steps), "--model.sampler.scales", str(scales),
+              "--model.sampler.steps", str(steps), "--model.sampler.guidance", "gradient", "--model.sampler.scales", str(scales),
               "--model.metrics", "[psnr, ssim]", "--writer.output_dir", str(out / name), "--writer.overwrite", "true",
               "--trainer.logger.init_args.save_dir", str(out / "logs"), "--trainer.logger.init_args.name", name,
               "--model.progress", "false", "--trainer.enable_progress_bar", "false"])

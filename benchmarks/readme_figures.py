@@ -56,7 +56,7 @@ def cli() -> None:
         rc = main([
             "predict", "--config", str(REPO / "configs/prior/skimage64.yaml"),
             "--config", str(REPO / "configs/task/sr4.yaml"), "--data.input_dir", str(tmp / "inputs"),
-            "--model.sampler.steps", str(args.steps), "--model.sampler.scales", str(SCALES),
+            "--model.sampler.steps", str(args.steps), "--model.sampler.guidance", "gradient", "--model.sampler.scales", str(SCALES),
             "--trajectory.every_n_steps", "10", "--trajectory.num_images", "1",
             "--writer.output_dir", str(tmp / "outputs"), "--trainer.logger.init_args.save_dir", str(tmp / "logs"),
             "--model.progress", "false", "--trainer.enable_progress_bar", "false",

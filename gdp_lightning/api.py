@@ -22,6 +22,7 @@ from .degradations import Degradation
 from .errors import ConfigError
 from .prior import PRESET_CONFIGS, PRESETS, PriorSpec
 from .sampling import GuidanceDivergedError
+from .sampling.consistency import supports_consistency
 
 __all__ = ["restore", "build_module", "CONFIG_DIR", "task_config"]
 
@@ -152,7 +153,9 @@ def restore(
     :param details: also return the learned φ, loss terms and metrics per image.
     :param module: reuse a module from :func:`build_module` (skips building and loading).
     :return: restored images in [0, 1] (a tensor for a tensor, a list for a list); with ``details``, a list of
-        dicts ``{"image", "phi", "losses", "metrics"}``.
+        dicts ``{"image", "phi", "losses", "metrics", "diverged", "retries", "scale_used"}`` (``diverged``: ``None``
+        or ``{"step", "of"}``; a diverged image's ``image`` is ``None`` unless ``on_divergence`` is ``keep``).
+        Without ``details``, an image that diverged raises :class:`~gdp_lightning.sampling.GuidanceDivergedError`.
     """
     if module is None:
         sampler: Dict[str, Any] = dict(model_options.pop("sampler", {}) or {})
@@ -160,8 +163,11 @@ def restore(
             sampler["steps"] = str(steps)
         if scale is not None:
             sampler["scale"] = float(scale)
-        elif isinstance(task, Degradation):
-            raise ConfigError("give the guidance scale (scale=...) with a Degradation object")
+        elif isinstance(task, Degradation) and (sampler.get("guidance", "auto") == "gradient"
+                                                or supports_consistency(task) is not None):
+            # the data-consistency rule (a known linear operator) needs no scale; GDP's gradient does
+            raise ConfigError("give the guidance scale (scale=...) with a Degradation object that the "
+                              "data-consistency rule does not cover (non-linear, blind, or guidance 'gradient')")
         module = build_module(task, prior, checkpoint, seed=seed, sampler=sampler, **model_options)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if getattr(module, "prepared_stage", None) != "predict":  # a reused module is set up once
@@ -179,7 +185,8 @@ def restore(
         for item in out["items"]:
             r = item["results"][0]
             results.append({"image": r["image"], "phi": r["phi"], "losses": r["losses"], "metrics": r["metrics"],
-                            "diverged": r.get("diverged")})
+                            "diverged": r.get("diverged"), "retries": r.get("retries", 0),
+                            "scale_used": r.get("scale_used", r["scale"])})
         offset += n
     if details:
         return results

@@ -91,7 +91,7 @@ def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
 
 #: settings of :meth:`GDPModule.describe` that do not change a restoration (a rerun may change them and resume)
 NEUTRAL_SETTINGS = ("checkpoint", "prior.checkpoint", "prior.source", "prior.description", "prior.name",
-                    "sampler.tile_batch")
+                    "sampler.tile_batch", "sampler.on_divergence", "sampler.max_retries")
 
 
 def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:

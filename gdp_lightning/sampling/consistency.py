@@ -6,8 +6,11 @@ replaces the predicted clean image x̃ by
     x̂ = argmin_x ‖A x − y‖² + ρ_t ‖x − x̃‖²,    ρ_t = σ_y² / r_t²,
 
 the MAP estimate when x̃ errs by r_t per pixel. ``r_t = κ · σ̄_t / 2`` is the noise level of x_t seen as a
-noisy clean image (σ̄_t = √(1/ᾱ_t − 1), halved for the [0, 1] scale) times the confidence κ (0.5: the
-denoiser removes about half of that noise). Early in sampling r_t is large and x̂ is the projection of x̃
+noisy clean image (σ̄_t = √(1/ᾱ_t − 1), halved for the [0, 1] scale) times the confidence κ (0.5 by default:
+the denoiser removes about half of that noise; DiffPIR's λ = 7 is κ ≈ 0.53). On noiseless observations κ from
+0.5 to 2 changed the PSNR by under 0.02 dB, only the last steps' residual; on a noisy one (σ 0.05, 25 % missing)
+κ 0.5 left a residual near σ² at 100 steps and 0.5σ² at 20, κ 1 over-fitted more (0.6σ² and 0.2σ², 1.3 dB
+lower at 20 steps). Early in sampling r_t is large and x̂ is the projection of x̃
 onto {A x = y}; near the end ρ_t grows and x̂ leaves x̃ where the data cannot tell more than the noise, so a
 noisy observation is not over-fitted. σ_y never goes below the rounding error of the observation's
 values (``quantization / √12``: 8 bits by default).

@@ -8,7 +8,9 @@ flagged when the final image's D exceeds ``floor`` and any of
 * ``ratio`` times the lowest D of the earlier steps (it ran off from where it was),
 * the D of a flat mid-gray image (it explains the observation no better than no image at all),
 * ``absolute`` + 4σ² (σ: the observation's noise): an RMS error above ``√absolute`` beyond twice the noise, which
-  no restoration that follows its data reaches (it never got there).
+  no restoration that follows its data reaches (it never got there). Only where the forward model is exact (a
+  linear operator with known parameters, which some image explains to the noise level): a learned model of a
+  real camera (low-light's y = f·x + M, HDR's clipped highlights) may legitimately end farther from its data.
 
 The step reported is the first step of the run of steps, reaching to the end, whose D exceeded those bounds.
 A sample that becomes non-finite is flagged at that step.
@@ -35,11 +37,12 @@ class DivergenceMonitor:
     """Follows the data term of ``n`` images along the sampling steps (see the module docstring)."""
 
     def __init__(self, n: int, noise_sigma: float = 0.0, ratio: float = DIVERGENCE_RATIO,
-                 floor: float = DIVERGENCE_FLOOR, absolute: float = DIVERGENCE_ABSOLUTE):
-        if ratio <= 1 or floor < 0 or absolute < floor:
+                 floor: float = DIVERGENCE_FLOOR, absolute: Optional[float] = DIVERGENCE_ABSOLUTE):
+        """``absolute=None``: no absolute bound (a forward model that may not fit its data exactly)."""
+        if ratio <= 1 or floor < 0 or (absolute is not None and absolute < floor):
             raise ValueError("the divergence ratio must be > 1, the floor >= 0 and the absolute bound >= the floor")
         self.ratio, self.floor = float(ratio), float(floor)
-        self.absolute = float(absolute) + 4 * float(noise_sigma) ** 2
+        self.absolute = float("inf") if absolute is None else float(absolute) + 4 * float(noise_sigma) ** 2
         self.best = [float("inf")] * n
         self.onset: List[Optional[int]] = [None] * n
         self.non_finite: List[Optional[int]] = [None] * n

@@ -34,7 +34,7 @@ from ..degradations import Degradation
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..losses import RECONSTRUCTION, QualityLoss
 from .consistency import DataConsistency, supports_consistency
-from .divergence import DivergenceMonitor
+from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
 from .tiling import Tiler
 
 __all__ = ["GDPSampler", "GDPResult", "QualityTerm", "StepInfo", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
@@ -139,7 +139,7 @@ class GDPSampler:
         the degradation's :class:`~gdp_lightning.degradations.GaussianNoise`, else 0).
     :param quantization: step of the observation's values (1/255: 8-bit files); the proximal rule assumes at
         least their rounding error as noise. 0: exact float observations.
-    :param confidence: the proximal rule's κ: x̃0's error as a fraction of x_t's noise level.
+    :param confidence: the proximal rule's κ: x̃0's error as a fraction of x_t's noise level (0.5: about half).
     :param prox_iterations: conjugate-gradient iterations of the proximal step at most.
     :param guidance_substeps: split each step's push into this many gradient steps, each evaluated where the
         previous ones moved the image (1: one push, the official update; 0: ``round(1000 / steps)``, one per
@@ -466,7 +466,9 @@ class GDPSampler:
         trajectory: List[TrajectoryPoint] = []
         terms: Dict[str, torch.Tensor] = {}
         total = self.diffusion.num_timesteps
-        monitor = DivergenceMonitor(n, noise_sigma=self.noise_sigma)
+        # the absolute bound only where the forward model is exact (linear, known)
+        exact = supports_consistency(self.degradation, self.data_loss_name) is None
+        monitor = DivergenceMonitor(n, noise_sigma=self.noise_sigma, absolute=DIVERGENCE_ABSOLUTE if exact else None)
         with torch.no_grad():  # the data term of a flat mid-gray image: a bound no restoration should exceed
             monitor.bound(self.data_terms(torch.zeros(n, channels, h, w, device=device), y))
         for i in steps:
