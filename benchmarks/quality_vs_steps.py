@@ -10,7 +10,8 @@ synthetic observations (float values) of the protocol's operator, and, for the l
 GDP's gradient rule at the scale it shipped with before (paper convention: SR×4 8000, deblur 24000, inpainting
 16000, colorization 10000, one push per step). Blind deblurring restores a Gaussian blur of σ 2 px (13×13 grid,
 reflect padding); low-light enhancement an underexposure y = 0.25·x^1.5 (``Darken``), scored against the clean crop
-(the LowLight model is not that operator: the PSNR says how close the enhancement lands). Columns: PSNR of the
+(the LowLight model is not that operator: the PSNR says how close the enhancement lands); HDR three exposures
+0.3·x, 0.7·x and 1.6·x clipped (8-bit each), scored against the clean crop. Columns: PSNR of the
 8-bit outputs (mean, min), consistency c = MSE(A(x̂), y) on the 0–255 scale (with the operator the sampler
 used; blind: its learned kernel), images flagged as diverged (left out of the PSNR), seconds per image.
 """
@@ -32,10 +33,10 @@ from versus_diffpir import CHECKPOINT, OPERATORS, load_crops  # noqa: E402
 
 from gdp_lightning.api import build_module, restore  # noqa: E402
 from gdp_lightning.benchmark import psnr, quantize  # noqa: E402
-from gdp_lightning.degradations import Blur, Darken, gaussian_kernel  # noqa: E402
+from gdp_lightning.degradations import HDR, Blur, Darken, gaussian_kernel  # noqa: E402
 
 GDP_SCALES = {"sr4": 8000.0, "deblur": 24000.0, "inpaint": 16000.0, "colorize": 10000.0}
-TASKS = ["sr4", "deblur", "inpaint", "colorize", "blind_deblur", "lowlight"]
+TASKS = ["sr4", "deblur", "inpaint", "colorize", "blind_deblur", "lowlight", "hdr"]
 
 
 def observation(task: str, clean: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,8 @@ def observation(task: str, clean: torch.Tensor) -> torch.Tensor:
         return OPERATORS[task]()(clean)
     if task == "blind_deblur":
         return Blur(gaussian_kernel(13, 2.0), padding="reflect")(clean)
+    if task == "hdr":  # three exposures of the crop, the longest clipped, each stored as 8 bits
+        return HDR.stack([quantize(clean * 0.3), quantize(clean * 0.7), quantize((clean * 1.6).clamp(0, 1))])
     return Darken(0.25, 1.5)(clean)
 
 

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gdp_lightning.api import build_module, restore  # noqa: E402
-from gdp_lightning.benchmark import psnr, quantize, skimage_crops  # noqa: E402
+from gdp_lightning.benchmark import psnr, quantize, save_columns, skimage_crops  # noqa: E402
 from gdp_lightning.degradations import (  # noqa: E402
     Blur,
     Colorization,
@@ -120,7 +121,10 @@ def main() -> None:
     p.add_argument("--no-diffpir", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--checkpoint", default=str(CHECKPOINT))
+    p.add_argument("--figure", default=None, help="also write a PNG: per task and crop, the observation, DiffPIR, "
+                   "ours and the ground truth (the last step count)")
     args = p.parse_args()
+    rows = []
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     clean = load_crops(args.crops, args.num)
@@ -156,8 +160,24 @@ def main() -> None:
             out = run_diffpir(denoiser, OPERATORS[task](), y, steps, args.diffpir_sigma, args.batch_size)
             dp_time = (time.perf_counter() - start) / clean.shape[0]
             dp_p, dp_c = score(task, out, clean, y)
+            if args.figure and steps == args.steps[-1]:
+                ours_out = torch.stack([r["image"] if r["image"] is not None else torch.zeros(3, 64, 64)
+                                        for r in results])
+                rows += [[shown(task, y[i]), out[i], ours_out[i], clean[i]] for i in range(clean.shape[0])]
             print(row + f" {dp_p.mean():.2f} ({dp_p.min():.2f}) | {dp_c.mean():.3f} | {dp_time:.2f} | "
                   f"{ours_p.mean() - dp_p.mean():+.2f} |", flush=True)
+    if rows:
+        save_columns([list(c) for c in zip(*rows)], args.figure, zoom=2)
+        print(f"wrote {args.figure}: observation, DiffPIR, ours, ground truth")
+
+
+def shown(task: str, y: torch.Tensor) -> torch.Tensor:
+    """An observation shown at the image's size (upsampled, padded or repeated to three channels)."""
+    if task == "sr4":
+        return F.interpolate(y[None], scale_factor=4, mode="nearest")[0]
+    if task == "deblur":
+        return F.pad(y[None], (4, 4, 4, 4), value=1.0)[0]
+    return y.expand(3, -1, -1).clamp(0, 1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ At every reverse step:
 Order of 2 and 3: ``phi_update="before"`` (default, the official code) guides with φ as it was before
 this step's update; ``"after"`` updates φ first.
 
+``guidance="proximal"`` (or ``"auto"`` where it applies: a linear operator with known parameters) replaces the
+data term's gradient in 2 by the exact data-consistency step x̃0 → x̂0 of :mod:`.consistency` (the push on μ is
+c₁·(x̃0 − x̂0)); the quality terms keep their gradient. Every image is followed by :mod:`.divergence`: one that
+turns non-finite or runs off is flagged in :attr:`GDPResult.diverged`, the batch goes on.
+
 Scale conventions: ``"raw"`` uses ``scale`` as is per step (the official code); ``"paper"`` (default)
 reads ``scale`` as the paper's value for 1000 steps on a 256×256 image and multiplies every guidance term
 by ``c = (1000 / steps) · numel(y) / numel(y of a 256×256 image)``, so that the push per pixel per unit
