@@ -69,10 +69,12 @@ class SamplerSettings:
     :param method: ``ddpm`` or ``ddim``.
     :param eta: DDIM stochasticity.
     :param data_loss: ``mse`` or ``l1``.
-    :param phi_optimizer: ``adam`` or ``sgd`` for the degradation parameters φ.
+    :param phi_optimizer: ``adam`` or ``sgd`` for the degradation parameters φ, or ``lstsq``: the operator's
+        own least-squares solver for the step's x̃0 (a blind blur's kernel).
     :param phi_lr: learning rate of φ.
     :param phi_steps: optimiser steps on φ per diffusion step.
     :param phi_update: ``before`` (guide with φ before its update, as the official code) or ``after``.
+    :param phi_start: φ is updated from this fraction of the steps on (0: from the first).
     :param tile_size: tile side for images larger than the prior (default: the prior's image size).
     :param tile_overlap: overlap of neighbouring tiles (default: a quarter tile).
     :param tile_batch: tiles per UNet forward (memory against speed).
@@ -112,6 +114,7 @@ class SamplerSettings:
     phi_lr: float = 0.02
     phi_steps: int = 1
     phi_update: str = "before"
+    phi_start: float = 0.0
     tile_size: Optional[int] = None
     tile_overlap: Optional[int] = None
     tile_batch: int = 16

@@ -21,10 +21,12 @@ from gdp_lightning.degradations import (
     box_mask,
     gaussian_kernel,
     gdp_gaussian_kernel,
+    kernel_least_squares,
     load_kernel,
     load_mask,
     motion_kernel,
     permutation_mask,
+    project_to_simplex,
     random_mask,
     uniform_kernel,
 )
@@ -295,6 +297,60 @@ def test_blind_blur_recovers_the_kernel():
     _fit(op, x, y, steps=400, lr=0.05)
     err = (op.kernel()[0, 0].detach() - true).abs().sum().item()
     assert err < 0.02 < start_err, (start_err, err)  # L1 distance between kernels (each sums to one)
+
+
+def test_project_to_simplex_is_the_euclidean_projection():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(64, 9, generator=g) * 2
+    p = project_to_simplex(v)
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(64), atol=1e-5)
+    assert torch.equal(project_to_simplex(p), p) or torch.allclose(project_to_simplex(p), p, atol=1e-6)
+    # no point of the simplex is closer: compare with random simplex points
+    others = torch.distributions.Dirichlet(torch.ones(9)).sample((64, 200))
+    closest = (others - v[:, None]).pow(2).sum(-1).min(1).values
+    assert ((p - v).pow(2).sum(1) <= closest + 1e-5).all()
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect", "zeros"])
+def test_kernel_least_squares_recovers_the_kernel(padding):
+    """Two images blurred with different (asymmetric) kernels: each one's kernel is found from its own pair, from
+    a start far from it, and bands of a few rows give the same solve as one band."""
+    x = torch.cat([_photo(), _photo().flip(-1)])
+    true = torch.stack([motion_kernel(5, 30.0, 7), gaussian_kernel(7, 1.6)])[:, None]
+    y = torch.cat([Blur(true[i, 0], padding=padding)(x[i : i + 1]) for i in range(2)])
+    start = gaussian_kernel(7, 0.7).expand(2, 1, 7, 7)
+    fitted = kernel_least_squares(x, y, (7, 7), padding, start, iterations=20000)
+    assert fitted.shape == (2, 1, 7, 7)
+    assert (fitted - true).abs().flatten(1).sum(1).max() < 0.02  # L1 distance of kernels summing to one
+    short = kernel_least_squares(x, y, (7, 7), padding, start, iterations=200)
+    assert ((short - true).abs().flatten(1).sum(1) < (start - true).abs().flatten(1).sum(1)).all()
+    banded = kernel_least_squares(x, y, (7, 7), padding, start, iterations=20000, rows=5)
+    assert torch.allclose(banded, fitted, atol=1e-5)
+    flat = kernel_least_squares(torch.zeros_like(x), y, (7, 7), padding, start)
+    assert torch.equal(flat, start)  # nothing to fit: the start is kept
+
+
+def test_lstsq_phi_fits_a_blind_blur_and_refuses_other_operators():
+    from gdp_lightning.sampling import GDPSampler
+
+    x = _photo()
+    true = gaussian_kernel(9, 1.4)
+    y = Blur(true, padding="reflect")(x)
+    op = Blur(kernel_size=9, learnable=True, init_sigma=0.7, padding="reflect")
+    op.init_parameters(1, *x.shape[-2:])
+    sampler = GDPSampler(torch.nn.Identity(), None, op, 1.0, phi_optimizer="lstsq", phi_start=0.5, whole_image=True)
+    assert sampler.make_optimizer() is None
+    before = op.kernel().detach().clone()
+    sampler.update_phi(x * 2 - 1, y, None, progress=0.4)  # before phi_start: unchanged
+    assert torch.equal(op.kernel().detach(), before)
+    for _ in range(100):  # each call warm-starts from the last kernel
+        sampler.update_phi(x * 2 - 1, y, None, progress=0.5)
+    assert (op.kernel()[0, 0].detach() - true).abs().sum() < 0.1 < 0.5 < (before[0, 0] - true).abs().sum()
+    with pytest.raises(ValueError, match="lstsq"):
+        GDPSampler(torch.nn.Identity(), None, Compose([Blur(kernel_size=5, learnable=True), SuperResolution(2)]),
+                   1.0, phi_optimizer="lstsq")
+    with pytest.raises(ValueError, match="phi_start"):
+        GDPSampler(torch.nn.Identity(), None, op, 1.0, phi_start=1.5)
 
 
 @pytest.mark.parametrize("offset,smoothness", [("scalar", 0.0), ("map", 50.0)])

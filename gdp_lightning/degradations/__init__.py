@@ -4,7 +4,7 @@ Knows nothing of diffusion or Lightning. See :mod:`.base` for the interface.
 """
 
 from .base import Compose, Degradation, GaussianNoise, Identity
-from .blur import Blur, KernelOperator, conv_adjoint, convolve
+from .blur import Blur, KernelOperator, conv_adjoint, convolve, kernel_least_squares, project_to_simplex
 from .colorization import Colorization
 from .illumination import HDR, Darken, Illumination, LowLight
 from .inpainting import Inpainting
@@ -43,11 +43,13 @@ __all__ = [
     "gdp_gaussian_kernel",
     "kernel_error",
     "kernel_from_spec",
+    "kernel_least_squares",
     "kernel_width",
     "load_kernel",
     "load_mask",
     "motion_kernel",
     "permutation_mask",
+    "project_to_simplex",
     "random_mask",
     "uniform_kernel",
 ]

@@ -97,6 +97,11 @@ class Degradation(nn.Module):
         """Standard deviation of the noise :meth:`observe` adds, on the [0, 1] scale (0: none)."""
         return 0.0
 
+    def fit_parameters(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Move the learnable φ towards the minimiser of the data term ‖A_φ(x) − y‖² for images ``x`` (in [0, 1])
+        by the operator's own solver, where it has one; ``False`` where it has none (φ unchanged)."""
+        return False
+
 
 def _per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
     """Broadcast a given parameter to a leading batch dimension of ``batch_size``."""

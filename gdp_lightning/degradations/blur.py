@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .base import Degradation, _per_image, _set_phi
 from .kernels import gaussian_kernel, kernel_from_spec
 
-__all__ = ["Blur", "KernelOperator", "convolve", "conv_adjoint"]
+__all__ = ["Blur", "KernelOperator", "convolve", "conv_adjoint", "kernel_least_squares", "project_to_simplex"]
 
 PADDINGS = ("valid", "zeros", "reflect", "replicate", "circular")
 
@@ -134,6 +134,49 @@ class KernelOperator(Degradation):
         return {"kernel": self.kernel()}
 
 
+def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
+    """The Euclidean projection of each row of ``v`` (``(N, K)``) onto {k ≥ 0, Σ k = 1}."""
+    u, _ = torch.sort(v, dim=1, descending=True)
+    cumulative = u.cumsum(1) - 1
+    index = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    last = ((u - cumulative / index) > 0).to(v.dtype).cumsum(1).argmax(1, keepdim=True)
+    theta = cumulative.gather(1, last) / (last + 1).to(v.dtype)
+    return (v - theta).clamp_min(0)
+
+
+def kernel_least_squares(x: torch.Tensor, y: torch.Tensor, size: Tuple[int, int], padding: str,
+                         start: torch.Tensor, iterations: int = 200, rows: int = 64) -> torch.Tensor:
+    """``iterations`` projected-gradient steps from ``start`` (``(N, 1, Kh, Kw)``) towards the kernel k ≥ 0, Σ k = 1
+    minimising ‖k ⊛ x − y‖² per image (``x``: ``(N, C, H, W)``, ``y`` the blurred observation with ``padding``).
+    Natural images make the problem ill-conditioned: a few hundred steps move a kernel a long way, the exact
+    minimiser takes tens of thousands (the sampler warm-starts each step from the last kernel, so over the
+    steps it converges while x̃0 sharpens). The normal equations (a Kh·Kw square matrix per image) are
+    accumulated over bands of ``rows`` output rows, so memory does not grow with the image; an image whose
+    system is degenerate (a flat image) keeps its start."""
+    n, c = x.shape[:2]
+    kh, kw = size
+    if padding != "valid":
+        x = F.pad(x, _pads(kh, kw), mode="constant" if padding == "zeros" else padding)
+    out_h = x.shape[-2] - kh + 1
+    gram = x.new_zeros(n, kh * kw, kh * kw, dtype=torch.float64)
+    rhs = x.new_zeros(n, kh * kw, dtype=torch.float64)
+    for top in range(0, out_h, rows):
+        band = x[..., top : top + min(rows, out_h - top) + kh - 1, :]
+        patches = F.unfold(band.reshape(n * c, 1, *band.shape[-2:]), (kh, kw)).double()  # (N·C, Kh·Kw, P)
+        patches = patches.reshape(n, c, kh * kw, -1).transpose(1, 2).reshape(n, kh * kw, -1)
+        target = y[..., top : top + band.shape[-2] - kh + 1, :].double().reshape(n, -1)
+        gram += patches @ patches.transpose(1, 2)
+        rhs += (patches @ target[:, :, None])[..., 0]
+    # convolution flips the kernel: the unknowns are the flipped kernel's entries
+    k = start.double().reshape(n, -1).flip(-1)
+    lipschitz = torch.linalg.eigvalsh(gram)[:, -1:].clamp_min(1e-12)
+    for _ in range(iterations):
+        k = project_to_simplex(k - ((gram @ k[..., None])[..., 0] - rhs) / lipschitz)
+    fitted = k.flip(-1).reshape(n, 1, kh, kw).to(start.dtype)
+    good = torch.isfinite(fitted).flatten(1).all(1) & (torch.diagonal(gram, dim1=1, dim2=2).sum(1) > 0)
+    return torch.where(good[:, None, None, None], fitted, start)
+
+
 class Blur(KernelOperator):
     """y = k ⊛ x per channel, with a known kernel or a learned one (``learnable=True``, blind deblurring).
 
@@ -179,6 +222,17 @@ class Blur(KernelOperator):
 
     def adjoint(self, y: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         return conv_adjoint(y, self.kernel(), self.padding, size or self.input_size(*y.shape[-2:]))
+
+    def fit_parameters(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Blind: the kernel moves towards the least-squares kernel of ``x`` and ``y`` (non-negative, summing to
+        one; 200 projected-gradient steps from the current kernel, see :func:`kernel_least_squares`)."""
+        if not self.learnable:
+            return False
+        with torch.no_grad():
+            start = self.kernel().detach().expand(x.shape[0], 1, *self.kernel_size)
+            kernel = kernel_least_squares(x.detach(), y, self.kernel_size, self.padding, start)
+            self.kernel_logits.copy_(torch.log(kernel.clamp_min(1e-12)))
+        return True
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         if self.padding == "valid":

@@ -123,7 +123,12 @@ class GDPSampler:
     :param method: ``"ddpm"`` or ``"ddim"`` (``eta`` its stochasticity).
     :param data_loss: ``"mse"`` or ``"l1"``.
     :param quality: quality terms added to the guidance objective.
-    :param phi_optimizer: ``"adam"`` or ``"sgd"`` (plain gradient descent; lr 1 is the official update).
+    :param phi_optimizer: ``"adam"`` or ``"sgd"`` (plain gradient descent; lr 1 is the official update), or
+        ``"lstsq"``: φ moves by the operator's own least-squares solver towards the minimiser of its
+        data term for the step's x̃0 (:meth:`~gdp_lightning.degradations.Degradation.fit_parameters`; a blind
+        blur's kernel, warm-started from the last step's).
+    :param phi_start: φ is updated from this fraction of the steps on (0: from the first; x̃0 is a blurry mean at
+        high noise, which a least-squares fit explains with too narrow a kernel).
     :param phi_lr: learning rate of φ.
     :param phi_steps: optimiser steps on φ per diffusion step.
     :param phi_update: ``"before"`` (guide with φ before its update, official) or ``"after"``.
@@ -174,6 +179,7 @@ class GDPSampler:
         phi_lr: float = 0.02,
         phi_steps: int = 1,
         phi_update: str = "before",
+        phi_start: float = 0.0,
         tile_size: Optional[int] = None,
         tile_overlap: Optional[int] = None,
         tile_batch: int = 16,
@@ -194,7 +200,7 @@ class GDPSampler:
             ("variant", variant, ("x0", "xt")),
             ("method", method, ("ddpm", "ddim")),
             ("data_loss", data_loss, tuple(RECONSTRUCTION)),
-            ("phi_optimizer", phi_optimizer, ("adam", "sgd")),
+            ("phi_optimizer", phi_optimizer, ("adam", "sgd", "lstsq")),
             ("phi_update", phi_update, ("before", "after")),
             ("guidance", guidance, ("gradient", "proximal", "auto")),
         ):
@@ -208,6 +214,13 @@ class GDPSampler:
         self.data_loss = RECONSTRUCTION[data_loss]
         self.quality = list(quality)
         self.phi_optimizer, self.phi_lr, self.phi_steps, self.phi_update = phi_optimizer, phi_lr, phi_steps, phi_update
+        if not 0.0 <= phi_start <= 1.0:
+            raise ValueError(f"phi_start must be in [0, 1], got {phi_start}")
+        self.phi_start = float(phi_start)
+        if (phi_optimizer == "lstsq" and degradation.learnable_parameters()
+                and type(degradation).fit_parameters is Degradation.fit_parameters):
+            raise ValueError(f"phi_optimizer 'lstsq' needs an operator with an exact solve of φ (a blind Blur); "
+                             f"{type(degradation).__name__} has none: use 'adam'")
         prior_size = getattr(unet, "image_size", None)
         self.tile_size = tile_size or prior_size
         self.tile_overlap = tile_overlap
@@ -363,8 +376,16 @@ class GDPSampler:
             (grad,) = torch.autograd.grad(c * objective, image)
         return grad, {k: v.detach() for k, v in terms.items()}
 
-    def update_phi(self, image: torch.Tensor, y: torch.Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
-        """``phi_steps`` optimiser steps of φ on its data term plus its regularisation (image detached)."""
+    def update_phi(self, image: torch.Tensor, y: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
+                   progress: float = 1.0) -> None:
+        """``phi_steps`` optimiser steps of φ on its data term plus its regularisation (image detached), or its
+        least-squares solver (``lstsq``); none before ``phi_start`` (``progress``: the fraction of the steps done)."""
+        if progress < self.phi_start:
+            return
+        if self.phi_optimizer == "lstsq":
+            if self.degradation.learnable_parameters():
+                self.degradation.fit_parameters(((image.detach() + 1) / 2).clamp(0, 1), y)
+            return
         if optimizer is None:
             return
         image = image.detach()
@@ -380,7 +401,7 @@ class GDPSampler:
 
     def make_optimizer(self) -> Optional[torch.optim.Optimizer]:
         params = list(self.degradation.learnable_parameters().values())
-        if not params or self.phi_steps == 0:
+        if not params or self.phi_steps == 0 or self.phi_optimizer == "lstsq":
             return None
         if self.phi_optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.phi_lr)
@@ -405,12 +426,13 @@ class GDPSampler:
         c = self.conversion(*x.shape[-2:], x.shape[1]) if c is None else c
         mv = self._forward_tiles(x, t, labels)
         target = mv.pred_xstart if self.variant == "x0" else x
+        progress = (self.diffusion.num_timesteps - float(t[0])) / self.diffusion.num_timesteps
         if self.phi_update == "after":
-            self.update_phi(target, y, optimizer)
+            self.update_phi(target, y, optimizer, progress)
         proximal = self.proximal
         grad, terms = self.guidance(target, y, c, data=not proximal)
         if self.phi_update == "before":
-            self.update_phi(target, y, optimizer)
+            self.update_phi(target, y, optimizer, progress)
         coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
         if proximal:  # the data step as a push on μ: x̃0 → x̂0 moves μ by c₁·(x̂0 − x̃0)
             noise_level = self.diffusion._extract("sqrt_recipm1_alphas_cumprod", t, x.ndim)
