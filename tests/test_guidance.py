@@ -22,18 +22,12 @@ from gdp_lightning.degradations import (
     gaussian_kernel,
     random_mask,
 )
-from gdp_lightning.diffusion import GaussianDiffusion
-from gdp_lightning.prior.spec import DiffusionSettings
 from gdp_lightning.sampling import GDPSampler
 from gdp_lightning.sampling.consistency import DataConsistency, conjugate_gradient, supports_consistency
 from gdp_lightning.sampling.divergence import DIVERGENCE_FLOOR, DivergenceMonitor
 
 from .helpers import _tiny
-from .test_sampler import PointwiseUNet
-
-
-def _diffusion(steps="5") -> GaussianDiffusion:
-    return GaussianDiffusion.from_settings(DiffusionSettings(), learn_sigma=True, respacing=steps)
+from .test_sampler import PointwiseUNet, _diffusion
 
 
 def _dense(op, shape):
@@ -142,7 +136,7 @@ def test_proximal_restorations_reproduce_the_observation(name, steps, method):
     last = {}
     sampler = GDPSampler(PointwiseUNet(), _diffusion(steps), op, 1e9, guidance="proximal", method=method,
                          quantization=0.0, tile_size=16, prox_iterations=300, clip_denoised=False)
-    result = sampler.restore(y, seeds=[1, 2], image_size=size, on_step=lambda info: last.update(x=info.x.clone()))
+    sampler.restore(y, seeds=[1, 2], image_size=size, on_step=lambda info: last.update(x=info.x.clone()))
     mse = ((op((last["x"] + 1) / 2) - y) * 255).pow(2).flatten(1).mean(1)
     # the scale (1e9) plays no part. A valid blur is ill-conditioned: this prior's ±1 images put much of the
     # residual on its weakest frequencies, which 300 conjugate-gradient iterations in float32 fit to a few

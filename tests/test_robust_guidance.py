@@ -27,32 +27,17 @@ from gdp_lightning.degradations import (
     random_mask,
 )
 from gdp_lightning.diffusion import GaussianDiffusion
-from gdp_lightning.prior import get_preset, load_prior
 from gdp_lightning.sampling import GDPSampler
 
 from .conftest import REPO
+from .test_restoration import _consistency, clean, prior  # noqa: F401 - the fixtures: skimage64 and its 4 crops
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prior(skimage64_checkpoint):
-    spec = get_preset("skimage64")
-    return load_prior(spec, skimage64_checkpoint), spec
-
-
-@pytest.fixture(scope="module")
-def clean():
-    return skimage_crops(4)
 
 
 def _sampler(prior, degradation, steps="20", **kw):
     unet, spec = prior
     return GDPSampler(unet, GaussianDiffusion.from_prior(spec, respacing=steps), degradation, 8000.0, **kw)
-
-
-def _consistency(degradation, restored, y) -> torch.Tensor:
-    return ((degradation(restored) - y) * 255).pow(2).flatten(1).mean(1)
 
 
 MASK = random_mask(64, 64, 0.25, torch.Generator().manual_seed(1))
