@@ -21,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -498,6 +498,11 @@ class GDPModule(L.LightningModule):
         labels = self.labels_for(names, seeds)
         gt = batch.get("x")
         gt = None if gt is None else gt.to(self.device, torch.float32)
+        if gt is not None:  # synthetic: the restoration has the clean image's size (SR×4 of 66 rows: 17, not 68)
+            out_h, out_w = gt.shape[-2:]
+        full_h, full_w = self.degradation.input_size(oh + pad[0], ow + pad[1])
+        size = (full_h - self.degradation.input_size(oh, ow)[0] + out_h,
+                full_w - self.degradation.input_size(oh, ow)[1] + out_w)
         scales = self.settings.scale_list()
         gray_out = [m in ("L", "LA") for m in batch.get("mode", ["RGB"] * len(names))]
         if self._operators(Colorization):
@@ -513,7 +518,7 @@ class GDPModule(L.LightningModule):
                 item["label"] = label
         for scale, suffix in zip(scales, self._scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
-            result, retries, used = self._restore_with_retries(y, seeds, labels, scale, context)
+            result, retries, used = self._restore_with_retries(y, seeds, labels, scale, context, size)
             full = to_8bit(result.images)
             if any(gray_out):  # metrics of what the file holds: one channel, the mean of the three
                 gray = torch.tensor(gray_out, device=full.device)[:, None, None, None]
@@ -558,12 +563,12 @@ class GDPModule(L.LightningModule):
         return {"items": items, "stage": stage}
 
     def _restore_with_retries(self, y: torch.Tensor, seeds: List[int], labels: Optional[torch.Tensor], scale: float,
-                              context: "StepContext") -> tuple:
+                              context: "StepContext", size: Optional[Tuple[int, int]] = None) -> tuple:
         """Restore the batch at ``scale``; with ``on_divergence: retry``, restore the diverged images again at half
         the scale (the whole batch runs, the others' results are kept: each image's result depends on its seed
         only), up to ``max_retries`` times. Returns the result and, per image, its retries and the scale used."""
         n = y.shape[0]
-        result = self.make_sampler(scale).restore(y, seeds=seeds, labels=labels,
+        result = self.make_sampler(scale).restore(y, seeds=seeds, labels=labels, image_size=size,
                                                   on_step=lambda info: self._on_step(info, context))
         retries, used = [0] * n, [scale] * n
         attempt, current = 0, scale
@@ -572,7 +577,7 @@ class GDPModule(L.LightningModule):
             if not redo:
                 break
             attempt, current = attempt + 1, current / 2
-            again = self.make_sampler(current).restore(y, seeds=seeds, labels=labels)
+            again = self.make_sampler(current).restore(y, seeds=seeds, labels=labels, image_size=size)
             result = merge_results(result, again, redo)
             for b in redo:
                 retries[b], used[b] = attempt, current

@@ -506,6 +506,33 @@ def test_blur_sr4_learns_the_kernel_of_the_composition(sk_prior, crops, tmp_path
     assert (out / "s.0.kernel.png").is_file()
 
 
+@pytest.mark.parametrize("factor,size", [(4, (66, 70)), (3, (67, 71))])
+def test_synthetic_super_resolution_at_sizes_not_a_multiple_of_the_factor(factor, size, tiny_prior, crops, tmp_path,
+                                                                          capfd):
+    """A 66×70 ground truth under SR×4 gives a 17×18 observation; the restoration is 66×70 (not 68×72), scored
+    against the ground truth, with the partial border blocks modelled as they were made."""
+    from gdp_lightning.degradations import SuperResolution
+
+    h, w = size
+    photos = torch.nn.functional.interpolate(crops[:2], size=size, mode="bilinear", align_corners=False)
+    clean = write_images(tmp_path / "clean", quantize(photos), ["a", "b"])
+    out = tmp_path / "out"
+    op = {"class_path": "gdp_lightning.degradations.SuperResolution", "init_args": {"factor": factor}}
+    rc, err = gdp(capfd, tmp_path / "logs", "test", tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode",
+                  "synthetic", "--model.degradation", json.dumps(op), "--writer.output_dir", str(out), steps=3)
+    assert rc == 0, err
+    rows = {r["name"]: r for r in read_rows(out / "metrics.csv")}
+    for i, name in enumerate(("a", "b")):
+        restored = read_image(out / f"{name}.png").pixels[None]
+        assert restored.shape[-2:] == (h, w)
+        truth = read_image(clean / f"{name}.png").pixels[None]
+        assert float(rows[name]["psnr"]) == pytest.approx(float(psnr(restored, truth)), abs=0.01)
+        y = SuperResolution(factor)(truth)
+        assert y.shape[-2:] == (-(-h // factor), -(-w // factor))
+        consistency = float(((SuperResolution(factor)(restored) - quantize(y)) * 255).pow(2).mean())
+        assert float(rows[name]["consistency"]) == pytest.approx(consistency, rel=0.05, abs=0.5)
+
+
 # ------------------------------------------------------------------------------- 4. validate/test, TensorBoard
 @pytest.mark.parametrize("stage", ["validate", "test"])
 def test_evaluation_writes_metrics_and_tensorboard(stage, tiny_prior, crops, tmp_path, capfd):
