@@ -299,6 +299,42 @@ def test_blind_blur_recovers_the_kernel():
     assert err < 0.02 < start_err, (start_err, err)  # L1 distance between kernels (each sums to one)
 
 
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_kernel_super_resolution_samples_the_cell_centre(factor):
+    """Low-resolution pixel i stands for the cell [s·i, s·i + s): on a ramp, a symmetric kernel gives its centre
+    s·i + (s − 1)/2 (13.5 for column 3 at ×4); an s × s box kernel is block averaging exactly; and bicubic
+    upsampling of the observation lines up with the image (cross-correlation peak at zero shift)."""
+    ramp = torch.arange(48, dtype=torch.float64).expand(1, 1, 40, 48)
+    op = KernelSuperResolution(factor, learnable=False, padding="replicate")
+    low = op(ramp.float()).double()
+    inner = slice(2, low.shape[-1] - 2)
+    centres = factor * torch.arange(low.shape[-1], dtype=torch.float64) + (factor - 1) / 2
+    assert torch.allclose(low[0, 0, 3, inner], centres[inner], atol=1e-4)
+    x = _photo()
+    box = KernelSuperResolution(factor, kernel=torch.ones(factor, factor), learnable=False)
+    assert torch.allclose(box(x[..., :36, :36]), SuperResolution(factor)(x[..., :36, :36]), atol=1e-6)
+    big = torch.nn.functional.interpolate(_photo(96), size=(96, 96), mode="bilinear")
+    up = torch.nn.functional.interpolate(op(big), scale_factor=factor, mode="bicubic", align_corners=False)
+    core = (slice(None), slice(None), slice(12, -12), slice(12, -12))
+
+    def score(dy, dx):
+        return float((up[core] - big.roll((dy, dx), (-2, -1))[core]).pow(2).mean())
+
+    shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    assert min(shifts, key=lambda d: score(*d)) == (0, 0)
+
+
+def test_kernel_super_resolution_kernels_take_the_factor_parity():
+    assert KernelSuperResolution(4).kernel().shape[-2:] == (16, 16)  # even for an even factor
+    assert KernelSuperResolution(3).kernel().shape[-2:] == (13, 13)
+    assert KernelSuperResolution(2, kernel_size=7).kernel().shape[-2:] == (8, 8)
+    odd = KernelSuperResolution(4, kernel=gaussian_kernel(13, 2.0), learnable=False).kernel()[0, 0]
+    assert odd.shape == (14, 14) and float(odd.sum()) == pytest.approx(1.0)
+    assert torch.allclose(odd, odd.flip(0).flip(1), atol=1e-7)  # still centred
+    small = KernelSuperResolution(4, kernel=torch.ones(2, 2), learnable=False).kernel()[0, 0]
+    assert small.shape == (4, 4) and torch.allclose(small[1:3, 1:3], torch.full((2, 2), 0.25))
+
+
 def test_project_to_simplex_is_the_euclidean_projection():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(64, 9, generator=g) * 2

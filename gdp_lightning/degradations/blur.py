@@ -68,11 +68,16 @@ def conv_adjoint(
     ).reshape(n, c, ph, pw)
     if padding == "valid":
         return z
-    left, right, top, bottom = _pads(kh, kw)
+    return pad_adjoint(z, _pads(kh, kw), padding, size)
+
+
+def pad_adjoint(z: torch.Tensor, pads: Tuple[int, int, int, int], padding: str, size: Tuple[int, int]) -> torch.Tensor:
+    """The adjoint of ``F.pad(x, pads, mode)`` for ``x`` of ``size`` (``padding``: ``"zeros"`` or a mode)."""
+    left, right, top, bottom = pads
     if padding == "zeros":
         return z[..., top : top + size[0], left : left + size[1]]
     # reflect / replicate / circular padding is a linear map P; its adjoint comes from autograd
-    probe = torch.zeros(n, c, *size, dtype=y.dtype, device=y.device, requires_grad=True)
+    probe = torch.zeros(*z.shape[:2], *size, dtype=z.dtype, device=z.device, requires_grad=True)
     with torch.enable_grad():
         padded = F.pad(probe, (left, right, top, bottom), mode=padding)
         (grad,) = torch.autograd.grad(padded, probe, grad_outputs=z)

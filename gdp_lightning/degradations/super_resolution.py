@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Degradation
-from .blur import PADDINGS, KernelOperator, conv_adjoint, convolve
+from .blur import PADDINGS, KernelOperator, conv_adjoint, convolve, pad_adjoint
 from .kernels import gaussian_kernel, kernel_from_spec
 
 __all__ = ["SuperResolution", "KernelSuperResolution"]
@@ -92,15 +92,23 @@ class SuperResolution(Degradation):
 
 
 class KernelSuperResolution(KernelOperator):
-    """y = (k ⊛ x)↓s: blur with a kernel, then keep every s-th pixel; the kernel can be learned per image.
+    """y = (k ⊛ x)↓s: blur with a kernel, then sample at the centre of each s × s cell; the kernel can be learned
+    per image.
+
+    Low-resolution pixel i stands for the cell [s·i, s·i + s) of the image, as in block averaging, so the kernel is
+    centred on the cell's centre s·i + (s − 1)/2 (between two pixels for an even s). For that, a kernel's side has
+    the parity of s (odd for odd s, even for even s): a given kernel of the other parity is resampled half a pixel
+    by a 2 × 2 box (one pixel larger), a Gaussian made here is drawn on a grid of the right parity, and a kernel
+    smaller than s is padded with zeros to s.
 
     :param factor: integer scale s; the observation is ``ceil(H/s) × ceil(W/s)``.
     :param kernel: the downsampling kernel (a tensor, a named spec such as ``"gaussian:13:2"`` or a file, see
-        :class:`.Blur`), or ``None``: a Gaussian of ``init_sigma`` (default
-        ``0.5 · factor`` pixels, close to bicubic's low-pass) on a ``kernel_size`` grid.
+        :class:`.Blur`), or ``None``: a Gaussian of ``init_sigma`` (default ``0.5 · factor`` pixels, close to
+        bicubic's low-pass) on a ``kernel_size`` grid (default 4·s, or 4·s + 1 for an odd s; rounded up to the
+        parity of s).
     :param learnable: optimise a per-image kernel (blind super-resolution); non-negative and summing to
         one through a softmax over logits, starting from ``kernel`` (logits at log(max(k, 1e-4))).
-    :param padding: padding mode of the blur (size-keeping): ``"reflect"``, ``"zeros"``, ...
+    :param padding: how the image is extended past its border for the kernel: ``"reflect"``, ``"zeros"``, ...
     """
 
     linear = True
@@ -121,16 +129,35 @@ class KernelSuperResolution(KernelOperator):
             raise ValueError(f"padding must keep the size: one of {PADDINGS[1:]}, got {padding!r}")
         self.factor, self.learnable, self.padding = int(factor), learnable, padding
         if kernel is None:
-            size = kernel_size or (4 * self.factor + 1)
+            size = kernel_size or 4 * self.factor
+            size += (size - self.factor) % 2
             kernel = gaussian_kernel(size, init_sigma or 0.5 * self.factor)
-        self._init_kernel(kernel_from_spec(kernel))
+        self._init_kernel(centred_kernel(kernel_from_spec(kernel), self.factor))
+
+    def _pads(self, height: int, width: int) -> Tuple[int, int, int, int]:
+        """F.pad amounts putting output i's kernel centre on the cell centre s·i + (s − 1)/2."""
+        s = self.factor
+
+        def axis(n: int, k: int) -> Tuple[int, int]:
+            before = (k - s) // 2  # the kernel's centre (k − 1)/2 lands on (s − 1)/2: k − s is even and ≥ 0
+            return before, s * (math.ceil(n / s) - 1) + k - n - before
+
+        kh, kw = self.kernel().shape[-2:]
+        top, bottom = axis(height, kh)
+        left, right = axis(width, kw)
+        return left, right, top, bottom
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return convolve(x, self.kernel(), self.padding, stride=self.factor)
+        pads = self._pads(*x.shape[-2:])
+        padded = F.pad(x, pads, mode="constant" if self.padding == "zeros" else self.padding)
+        return convolve(padded, self.kernel(), "valid", stride=self.factor)
 
     def adjoint(self, y: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         size = size or self.input_size(*y.shape[-2:])
-        return conv_adjoint(y, self.kernel(), self.padding, size, stride=self.factor)
+        left, right, top, bottom = pads = self._pads(*size)
+        padded = (size[0] + top + bottom, size[1] + left + right)
+        z = conv_adjoint(y, self.kernel(), "valid", padded, stride=self.factor)
+        return pad_adjoint(z, pads, self.padding, size)
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         return math.ceil(height / self.factor), math.ceil(width / self.factor)
@@ -140,3 +167,18 @@ class KernelSuperResolution(KernelOperator):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, kernel={tuple(self.initial_kernel.shape)}, learnable={self.learnable}"
+
+
+def centred_kernel(kernel: torch.Tensor, factor: int) -> torch.Tensor:
+    """``kernel`` (``(Kh, Kw)``) on a grid whose sides have the parity of ``factor`` and are at least ``factor``:
+    a side of the other parity is resampled half a pixel by a 2-tap box, a side shorter than ``factor`` padded
+    with zeros on both ends."""
+    dtype, kernel = kernel.dtype, kernel.to(torch.float64)
+    if (kernel.shape[0] - factor) % 2:
+        kernel = F.pad(kernel, (0, 0, 1, 1))
+        kernel = (kernel[1:] + kernel[:-1]) / 2
+    if (kernel.shape[1] - factor) % 2:
+        kernel = F.pad(kernel, (1, 1, 0, 0))
+        kernel = (kernel[:, 1:] + kernel[:, :-1]) / 2
+    grow_h, grow_w = max(factor - kernel.shape[0], 0) // 2, max(factor - kernel.shape[1], 0) // 2
+    return F.pad(kernel, (grow_w, grow_w, grow_h, grow_h)).to(dtype)
