@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import yaml
 
 from gdp_lightning.api import build_module
+from gdp_lightning.degradations import Inpainting, load_mask, permutation_mask
+
+from .conftest import REPO, SHARED
+
+PERMUTATION = SHARED / "data" / "masks" / "random_permutation_256.txt"
 
 
 def _official_color_step(x: torch.Tensor, y_gray: torch.Tensor, scale: float, weight: float) -> torch.Tensor:
@@ -34,3 +41,31 @@ def test_paper_colorize_weights_each_image_as_the_official_batch_of_ten(skimage6
     for batch in (10, 3, 1):  # per image: the same push in any batch
         ours, _ = sampler.guidance(x[:batch], y[:batch], c)
         assert torch.allclose(ours, expected[:batch], rtol=1e-4, atol=1e-4), batch
+
+
+def test_permutation_files_are_masks(tmp_path):
+    """The official inp_masks/mask.np and DDRM's random_permutation_256.txt (text, one flat index per line) are
+    read as masks: the first quarter of the indices missing."""
+    order = torch.randperm(36, generator=torch.Generator().manual_seed(0))
+    for name in ("mask.np", "perm.txt"):
+        (tmp_path / name).write_text("\n".join(f"{float(i):.18e}" for i in order.tolist()) + "\n")
+        mask = load_mask(tmp_path / name)
+        expected = torch.ones(36)
+        expected[order[:9]] = 0
+        assert torch.equal(mask, expected.reshape(6, 6))
+        assert torch.equal(Inpainting(str(tmp_path / name)).mask[0, 0], mask)
+    (tmp_path / "short.txt").write_text("0\n1\n2\n")
+    with pytest.raises(ValueError, match="short.txt: a permutation mask needs"):
+        load_mask(tmp_path / "short.txt")
+    (tmp_path / "twice.txt").write_text("0\n0\n1\n2\n")
+    with pytest.raises(ValueError, match="twice.txt: not a permutation"):
+        load_mask(tmp_path / "twice.txt")
+
+
+@pytest.mark.skipif(not PERMUTATION.is_file(), reason="needs ../shared/data/masks/random_permutation_256.txt")
+def test_paper_inpaint_masks_the_protocol_pixels(monkeypatch):
+    monkeypatch.chdir(REPO)  # the config's path is relative to the repository root
+    config = yaml.safe_load((REPO / "configs/task/paper/inpaint.yaml").read_text())
+    op = Inpainting(**config["model"]["degradation"]["init_args"])
+    assert torch.equal(op.mask[0, 0], permutation_mask(PERMUTATION, 0.25, 256))
+    assert torch.equal(load_mask(PERMUTATION), permutation_mask(PERMUTATION, 0.25, 256))

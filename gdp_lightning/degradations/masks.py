@@ -48,10 +48,24 @@ def permutation_mask(path: Union[str, Path], missing: float = 0.25, size: int = 
     return mask.reshape(size, size)
 
 
+PERMUTATION_SUFFIXES = (".txt", ".np")
+
+
 def load_mask(path: Union[str, Path]) -> torch.Tensor:
-    """A mask from ``.npy`` (non-zero = observed, as the GDP/DDRM protocol masks), ``.pt`` or an image
-    (white = observed, black = missing; a colour image is averaged, an alpha channel ignored)."""
+    """A mask from ``.npy`` (non-zero = observed, as the GDP/DDRM protocol masks), ``.pt``, an image
+    (white = observed, black = missing; a colour image is averaged, an alpha channel ignored), or a text file of a
+    pixel permutation (``.txt`` or ``.np``: the official GDP ``inp_masks/mask.np`` and DDRM's
+    ``random_permutation_256.txt``, one flat index per line): its first quarter are the missing pixels, the
+    protocol's 25 % (see :func:`permutation_mask`)."""
     path = Path(path)
+    if path.suffix.lower() in PERMUTATION_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such mask file")
+        count = sum(1 for line in open(path) if line.strip())
+        side = int(round(count**0.5))
+        if side * side != count:
+            raise ValueError(f"{path}: a permutation mask needs H·W = side² indices, one per line; got {count} lines")
+        return permutation_mask(path, 0.25, side)
     m = read_array(path, "an inpainting mask", "mask", dtype=torch.float32, image_mode="L", image_scale=1 / 255.0)
     if m.ndim == 3:  # channels first or last: observed where the mean is at least half
         m = m.mean(0 if m.shape[0] <= 4 else -1)
