@@ -76,7 +76,8 @@ class SamplerSettings:
     :param phi_update: ``before`` (guide with φ before its update, as the official code) or ``after``.
     :param phi_start: φ is updated from this fraction of the steps on (0: from the first).
     :param tile_size: tile side for images larger than the prior (default: the prior's image size).
-    :param tile_overlap: overlap of neighbouring tiles (default: a quarter tile).
+    :param tile_overlap: overlap of neighbouring tiles in pixels, or below 1 a fraction of the tile (default: a
+        quarter tile; 0.5 is the official stride of half a tile).
     :param tile_batch: tiles per UNet forward (memory against speed).
     :param whole_image: run the UNet on the whole image instead of tiles (sides must be multiples of its
         downsampling factor).
@@ -116,7 +117,7 @@ class SamplerSettings:
     phi_update: str = "before"
     phi_start: float = 0.0
     tile_size: Optional[int] = None
-    tile_overlap: Optional[int] = None
+    tile_overlap: Optional[float] = None
     tile_batch: int = 16
     whole_image: bool = False
     clip_denoised: bool = True

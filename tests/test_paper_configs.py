@@ -69,3 +69,35 @@ def test_paper_inpaint_masks_the_protocol_pixels(monkeypatch):
     op = Inpainting(**config["model"]["degradation"]["init_args"])
     assert torch.equal(op.mask[0, 0], permutation_mask(PERMUTATION, 0.25, 256))
     assert torch.equal(load_mask(PERMUTATION), permutation_mask(PERMUTATION, 0.25, 256))
+
+
+def _paper(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / "task" / "paper" / f"{name}.yaml").read_text())["model"]
+
+
+@pytest.mark.parametrize("name,size,tiles", [("lowlight", (400, 600), 12), ("hdr", (1060, 1900), 112)])
+def test_paper_enhancement_configs_tile_as_the_official_scripts(name, size, tiles):
+    """The official low-light and HDR scripts restore 256×256 patches every 128 pixels (12 on LOL's 400×600, 112 on
+    the 1060×1900 HDR scene) and have their quality terms commented out."""
+    from gdp_lightning.sampling.gdp import tile_overlap_pixels
+    from gdp_lightning.sampling.tiling import Tiler
+
+    model = _paper(name)
+    overlap = tile_overlap_pixels(model["sampler"].get("tile_overlap"), 256)
+    assert overlap == 128
+    assert len(Tiler(*size, 256, overlap).boxes) == tiles
+    assert not model.get("quality")
+    assert not model["degradation"]["init_args"].get("smoothness")
+    losses = _paper("lowlight_paper_losses")  # the paper's terms live in their own config
+    assert [q["name"] for q in losses["quality"]] == ["exposure", "color"]
+    assert losses["degradation"]["init_args"]["smoothness"] == 1.0
+
+
+def test_tile_overlap_as_a_fraction_of_the_tile():
+    from gdp_lightning.sampling.gdp import tile_overlap_pixels
+
+    assert tile_overlap_pixels(None, 64) == 16
+    assert tile_overlap_pixels(0.5, 64) == 32 and tile_overlap_pixels(0.5, 256) == 128
+    assert tile_overlap_pixels(0, 64) == 0 and tile_overlap_pixels(24, 64) == 24
+    with pytest.raises(ValueError, match="tile_overlap is pixels"):
+        tile_overlap_pixels(2.5, 64)

@@ -111,6 +111,17 @@ class GDPResult:
     diverged: List[Optional[int]] = field(default_factory=list)
 
 
+def tile_overlap_pixels(overlap: Optional[float], tile: int) -> int:
+    """The overlap in pixels: ``None`` a quarter tile, below 1 that fraction of the tile, else pixels."""
+    if overlap is None:
+        return tile // 4
+    if 0 < overlap < 1:
+        return int(round(overlap * tile))
+    if overlap != int(overlap):
+        raise ValueError(f"tile_overlap is pixels (a whole number) or a fraction of the tile below 1, got {overlap}")
+    return int(overlap)
+
+
 class GDPSampler:
     """GDP restoration with a pretrained diffusion prior and a degradation model.
 
@@ -134,8 +145,8 @@ class GDPSampler:
     :param phi_update: ``"before"`` (guide with φ before its update, official) or ``"after"``.
     :param tile_size: tile side for images larger than the prior (default: the prior's ``image_size``);
         ``None`` with ``whole_image=True`` runs the UNet on the whole image.
-    :param tile_overlap: overlap of neighbouring tiles (default: a quarter of the tile; the official
-        code uses half).
+    :param tile_overlap: overlap of neighbouring tiles in pixels, or below 1 a fraction of the tile (default: a
+        quarter of the tile; the official code strides by half a tile, 0.5).
     :param tile_batch: tiles per UNet forward.
     :param whole_image: run the UNet on the whole image whatever its size (it must be a multiple of the
         UNet's downsampling factor).
@@ -181,7 +192,7 @@ class GDPSampler:
         phi_update: str = "before",
         phi_start: float = 0.0,
         tile_size: Optional[int] = None,
-        tile_overlap: Optional[int] = None,
+        tile_overlap: Optional[float] = None,
         tile_batch: int = 16,
         whole_image: bool = False,
         clip_denoised: bool = True,
@@ -323,8 +334,7 @@ class GDPSampler:
                     f"the image is {h}x{w}, smaller than the prior's {tile}x{tile} tiles; pad it to at least "
                     f"{tile}x{tile}, or run the UNet on the whole image (whole_image=True)"
                 )
-            overlap = self.tile_overlap if self.tile_overlap is not None else tile // 4
-            self._tiler = Tiler(h, w, tile, overlap)
+            self._tiler = Tiler(h, w, tile, tile_overlap_pixels(self.tile_overlap, tile))
         return self._tiler
 
     def data_terms(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -397,7 +407,23 @@ class GDPSampler:
                 if reg is not None:
                     objective = objective + reg.sum()
                 objective.backward()
+            self._official_map_step(y)
             optimizer.step()
+
+    def _official_map_step(self, y: torch.Tensor) -> None:
+        """Paper convention: the official code takes φ's step on the mean data term of each prior-size tile, so a
+        per-pixel map (an illumination M) moves by the tile's mean, not the whole image's: its gradient is
+        multiplied by (pixels of y) / (pixels of a tile), at least 1. Scalars (f, a kernel) are unchanged (the mean
+        over the image is the mean of the tiles' means)."""
+        if self.scale_convention != "paper" or not self.tile_size:
+            return
+        pixels = y.shape[-2] * y.shape[-1]
+        factor = max(pixels / float(self.tile_size) ** 2, 1.0)
+        if factor == 1.0:
+            return
+        for p in self.degradation.learnable_parameters().values():
+            if p.grad is not None and p.ndim >= 2 and tuple(p.shape[-2:]) == tuple(y.shape[-2:]):
+                p.grad.mul_(factor)
 
     def make_optimizer(self) -> Optional[torch.optim.Optimizer]:
         params = list(self.degradation.learnable_parameters().values())
