@@ -223,6 +223,38 @@ def test_ddim_guidance_at_eta_one_equals_the_ddpm_step(unet):
     assert torch.allclose(ddim[0], ddim[1] + sigma * noise, atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("steps", ["10", "100"])
+def test_ddim_push_moves_the_mean_as_far_as_ddpm(unet, eta, steps):
+    """At any η the guidance moves the DDIM mean by the DDPM push itself (at η = 0 a shift of x̃0 by ∇/c₁ would
+    move it about half as far): the same scale pushes as hard per unit of diffusion time with either sampler."""
+    deg = SuperResolution(4, output="full")
+    x, y = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    t = torch.tensor([int(steps) // 2] * 2)
+    pushes = {}
+    for method in ("ddpm", "ddim"):
+        guided = GDPSampler(unet, _diffusion(steps), deg, 2000.0, method=method, eta=eta).guided_step(x, t, y)
+        free = GDPSampler(unet, _diffusion(steps), deg, 0.0, method=method, eta=eta).guided_step(x, t, y)
+        pushes[method] = guided[1] - free[1]
+    assert pushes["ddpm"].abs().max() > 1e-3
+    assert torch.allclose(pushes["ddim"], pushes["ddpm"], rtol=1e-3, atol=1e-6)
+
+
+def test_ddim_consistency_step_replaces_x0_by_the_consistent_one(unet):
+    """The data-consistency rule under DDIM: the step is the DDIM step from x̂0 exactly (not a push scaled by the
+    DDIM coefficient)."""
+    deg = Inpainting(random_mask(32, 32, 0.5, torch.Generator().manual_seed(0)))
+    x, y = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    t = torch.tensor([5, 5])
+    sampler = GDPSampler(unet, _diffusion("10"), deg, 1.0, method="ddim", eta=0.0, guidance="proximal",
+                         quantization=0.0, tile_size=32)
+    _, mean, mv, _ = sampler.guided_step(x, t, deg(y))
+    noise_level = sampler.diffusion._extract("sqrt_recipm1_alphas_cumprod", t, 4)
+    x0_hat = (sampler.consistency((mv.pred_xstart + 1) / 2, deg(y), noise_level) * 2 - 1).clamp(-1, 1)
+    expected = sampler.diffusion.ddim_step(mv, x, t, eta=0.0, pred_xstart=x0_hat).mean
+    assert torch.allclose(mean, expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_phi_update_order(unet, order):
     x, t = torch.randn(1, 3, 32, 32), torch.tensor([3])

@@ -362,6 +362,21 @@ class GaussianDiffusion:
         sample = mean + self._nonzero_mask(t, x.ndim) * torch.exp(0.5 * mv.log_variance) * noise
         return StepOutput(sample=sample, pred_xstart=mv.pred_xstart, mean=mean, log_variance=mv.log_variance)
 
+    def ddim_sigma(self, t: torch.Tensor, ndim: int, eta: float) -> torch.Tensor:
+        """σ_t of a DDIM step with stochasticity ``eta`` (η = 1: the DDPM posterior's)."""
+        alpha_bar = self._extract("alphas_cumprod", t, ndim)
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, ndim)
+        return eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+
+    def ddim_x0_coefficient(self, t: torch.Tensor, ndim: int, eta: float) -> torch.Tensor:
+        """How far the DDIM mean moves per unit move of x̃0 at fixed x_t (ε re-derived from x̃0):
+        √ᾱ_{t−1} − √(1 − ᾱ_{t−1} − σ_t²)·√ᾱ_t/√(1 − ᾱ_t); at η = 1 the DDPM posterior's coefficient c₁."""
+        alpha_bar = self._extract("alphas_cumprod", t, ndim)
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, ndim)
+        sigma = self.ddim_sigma(t, ndim, eta)
+        return torch.sqrt(alpha_bar_prev) - torch.sqrt(1 - alpha_bar_prev - sigma**2) * torch.sqrt(
+            alpha_bar / (1 - alpha_bar))
+
     def ddim_step(
         self,
         mv: MeanVariance,
@@ -378,9 +393,8 @@ class GaussianDiffusion:
         x0 = mv.pred_xstart if pred_xstart is None else pred_xstart
         n = x.ndim
         eps = self.predict_eps_from_xstart(x, t, x0)
-        alpha_bar = self._extract("alphas_cumprod", t, n)
         alpha_bar_prev = self._extract("alphas_cumprod_prev", t, n)
-        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+        sigma = self.ddim_sigma(t, n, eta)
         mean = x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
         sample = mean
         if eta > 0:

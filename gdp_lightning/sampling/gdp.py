@@ -460,19 +460,20 @@ class GDPSampler:
         if self.phi_update == "before":
             self.update_phi(target, y, optimizer, progress)
         coef1 = self.diffusion._extract("posterior_mean_coef1", t, x.ndim)
-        if proximal:  # the data step as a push on μ: x̃0 → x̂0 moves μ by c₁·(x̂0 − x̃0)
+        shift = torch.zeros_like(x)  # x̃0 − x̂0 of the data-consistency step
+        if proximal:  # x̃0 → x̂0: the posterior mean moves by c₁·(x̂0 − x̃0)
             noise_level = self.diffusion._extract("sqrt_recipm1_alphas_cumprod", t, x.ndim)
             x0_hat = self.consistency((target + 1) / 2, y, noise_level) * 2 - 1
             if self.clip_denoised:
                 x0_hat = x0_hat.clamp(-1, 1)
-            grad = grad + coef1 * (target - x0_hat)
+            shift = target - x0_hat
         if noise is None:  # no noise: the last step, or a deterministic call
             noise = torch.zeros_like(x)
         if self.method == "ddpm":
-            mean = mv.mean - grad
+            mean = mv.mean - grad - coef1 * shift
             step = self.diffusion.ddpm_step(mv, x, t, noise, mean=mean)
-        else:
-            x0_guided = mv.pred_xstart - grad / coef1
+        else:  # the push moves the DDIM mean as much as DDPM's; the consistency step replaces x̃0 by x̂0
+            x0_guided = mv.pred_xstart - grad / self.diffusion.ddim_x0_coefficient(t, x.ndim, self.eta) - shift
             step = self.diffusion.ddim_step(mv, x, t, noise=noise, eta=self.eta, pred_xstart=x0_guided)
         return step.sample, step.mean, mv, terms
 
