@@ -10,8 +10,9 @@ At every reverse step:
    nothing is back-propagated through the UNet;
 3. φ takes ``phi_steps`` optimiser steps on Σ_b D_b + Σ_b R_b(φ) (its data term and its own
    regularisation, not multiplied by s, without the quality terms);
-4. DDPM: x_{t-1} = μ − ∇ + σ·z; DDIM: the guided x̃0' = x̃0 − ∇/c₁(t) (c₁ the posterior-mean coefficient
-   of x̃0, so that at η = 1 the step equals the DDPM one) enters the DDIM update.
+4. DDPM: x_{t-1} = μ − ∇ + σ·z; DDIM: the guided x̃0' = x̃0 − ∇/k_η(t) enters the DDIM update, k_η the
+   DDIM mean's coefficient of x̃0, so that the DDIM mean moves by ∇ as DDPM's does (at η = 1, k₁ = c₁, the
+   posterior-mean coefficient, and the step equals the DDPM one).
 
 Order of 2 and 3: ``phi_update="before"`` (default, the official code) guides with φ as it was before
 this step's update; ``"after"`` updates φ first.
