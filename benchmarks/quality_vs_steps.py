@@ -3,6 +3,7 @@
     python benchmarks/quality_vs_steps.py                                  # every task, 10 20 50 100 steps
     python benchmarks/quality_vs_steps.py --tasks deblur --steps 1000 --num 4
     python benchmarks/quality_vs_steps.py --tasks sr4 --steps 2 --num 1    # a smoke run
+    python benchmarks/quality_vs_steps.py --methods ddpm ddim --tasks sr4 deblur   # DDIM (η = 0) beside DDPM
 
 Crops: the held-out crops of data/heldout (``--crops tuning``: scikit-image's photos, the prior's training
 photos). Every task runs its shipped config (``configs/task/<task>.yaml``, ``--model.sampler.steps N``) on
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--crops", choices=["heldout", "tuning"], default="heldout")
     ap.add_argument("--num", type=int, default=0, help="first N crops (0: all)")
     ap.add_argument("--rules", nargs="+", default=["shipped", "GDP gradient"], choices=["shipped", "GDP gradient"])
+    ap.add_argument("--methods", nargs="+", default=["ddpm"], choices=["ddpm", "ddim"],
+                    help="samplers (ddim: η = 0, the guidance moving its mean as DDPM's)")
     ap.add_argument("--checkpoint", default=str(CHECKPOINT))
     args = ap.parse_args()
     clean = load_crops(args.crops, args.num)
@@ -92,7 +95,9 @@ def main() -> None:
           "|---|---|---|---|---|---|---|", flush=True)
     for task in args.tasks:
         y = observation(task, clean)
-        for name, rule in [r for r in rules(task) if r[0] in args.rules]:
+        chosen = [r for r in rules(task) if r[0] in args.rules]
+        for name, rule in [(n if m == "ddpm" else f"{n}, DDIM", {**r, "method": m}) for m in args.methods
+                           for n, r in chosen]:
             for steps in args.steps:
                 p, c, diverged, seconds = run(task, rule, steps, clean, y, args.checkpoint)
                 quality = "–" if p is None else f"{p.mean():.2f} ({p.min():.2f}) | {c.mean():.2f} ({c.max():.2f})"
