@@ -19,6 +19,7 @@ from gdp_lightning.degradations import (
     LowLight,
     SuperResolution,
     box_mask,
+    center_kernels,
     gaussian_kernel,
     gdp_gaussian_kernel,
     kernel_least_squares,
@@ -335,6 +336,48 @@ def test_kernel_super_resolution_kernels_take_the_factor_parity():
     assert small.shape == (4, 4) and torch.allclose(small[1:3, 1:3], torch.full((2, 2), 0.25))
 
 
+def test_correlate_applies_a_kernel_as_conv2d_does():
+    """Correlation-based code (conv2d, the official GDP) applies a kernel unflipped: ``correlate=True`` gives its
+    result, the default is the true convolution (the kernel rotated 180°)."""
+    x = _photo()
+    k = torch.rand(9, 9, generator=torch.Generator().manual_seed(0))  # no symmetry
+    k = k / k.sum()
+    conv2d = torch.nn.functional.conv2d(x.reshape(3, 1, *x.shape[-2:]), k[None, None]).reshape(1, 3, 40, 40)
+    assert torch.allclose(Blur(k, padding="valid", correlate=True)(x), conv2d, atol=1e-6)
+    assert torch.allclose(Blur(k.flip(0, 1), padding="valid")(x), conv2d, atol=1e-6)
+    assert not torch.allclose(Blur(k, padding="valid")(x), conv2d, atol=1e-3)
+    per_image = Blur(gaussian_kernel(9, 1.0), padding="valid", correlate=True)
+    per_image.set_kernel(k)  # a <name>_kernel side file: read the same way
+    assert torch.allclose(per_image(x), conv2d, atol=1e-6)
+
+
+def test_center_kernels_moves_the_centre_of_mass_to_the_grid_centre():
+    k = torch.zeros(2, 1, 9, 9)
+    k[0, 0, 1:4, 5:8] = gaussian_kernel(3, 0.8)  # centre of mass at (2, 6): two up, two right
+    k[1, 0] = gaussian_kernel(9, 1.5)  # already centred
+    out = center_kernels(k)
+    assert torch.allclose(out[0, 0, 3:6, 3:6], gaussian_kernel(3, 0.8).float(), atol=1e-6)
+    assert torch.allclose(out[1], k[1]) and torch.allclose(out.sum((1, 2, 3)), torch.ones(2))
+
+
+def test_blind_least_squares_fit_keeps_the_kernel_centred():
+    """A shifted kernel explains a shifted image equally well: fitted on an image moved by two pixels, the
+    uncentred kernel comes out off-centre, the centred one (default) on the grid's centre."""
+    x = _photo(56)
+    y = Blur(gaussian_kernel(9, 1.2), padding="valid")(x)
+    moved = x.roll((2, 2), (-2, -1))
+    centroid = {}
+    for center in (False, True):
+        op = Blur(kernel_size=9, learnable=True, init_sigma=0.7, padding="valid", center=center)
+        op.init_parameters(1, *x.shape[-2:])
+        for _ in range(60):
+            op.fit_parameters(moved, y)
+        k = op.kernel()[0, 0].detach()
+        centroid[center] = (float((k.sum(1) * torch.arange(9.0)).sum()), float((k.sum(0) * torch.arange(9.0)).sum()))
+    assert min(abs(c - 4) for c in centroid[False]) > 1.0
+    assert max(abs(c - 4) for c in centroid[True]) < 0.5
+
+
 def test_project_to_simplex_is_the_euclidean_projection():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(64, 9, generator=g) * 2
@@ -398,6 +441,35 @@ def test_lowlight_recovers_the_gain(offset, smoothness):
     _fit(op, x, y, steps=600, lr=0.01)
     assert op.f.item() == pytest.approx(0.3, abs=0.01)
     assert op.M.mean().item() == pytest.approx(0.05, abs=0.01)
+
+
+def test_saturating_hdr_model_is_not_pulled_darker_by_clipped_highlights():
+    """Three exposures 0.5·x, x and 2·x of a photo, the long one clipped at white as a sensor does. Fitting the gains
+    and the image with the unclipped model (the official one) pulls the image darker where the long exposure
+    clipped; the saturating model leaves it alone, and its data term is exactly zero at the truth."""
+    x = _photo()
+    gains = torch.tensor([0.5, 1.0, 2.0])
+    y = HDR.stack([(g * x).clamp(0, 1) for g in gains])
+    clipped = (2 * x > 1).expand(1, 3, *x.shape[-2:])
+    assert 0.05 < clipped.float().mean() < 0.6
+    errors = {}
+    for saturate in (False, True):
+        op = HDR(3, offset="none", init="identity", saturation=1.0 if saturate else None)
+        op.init_parameters(1, *x.shape[-2:])
+        with torch.no_grad():
+            op.f.copy_(gains.reshape(op.f.shape))
+        if saturate:
+            assert float(((op(x) - y) ** 2).mean()) == 0.0
+            assert op(x * 3).max() <= 1.0
+        image = x.clone().requires_grad_(True)
+        opt = torch.optim.Adam([image], lr=0.01)
+        for _ in range(200):  # the image moves to fit the exposures, the gains held at the truth
+            opt.zero_grad()
+            ((op(image) - y) ** 2).mean().backward()
+            opt.step()
+        errors[saturate] = float((image.detach() - x)[clipped].mean())
+    assert errors[False] < -0.02  # pulled darker where the long exposure clipped
+    assert abs(errors[True]) < 1e-3
 
 
 # ------------------------------------------------ low-light then blur; the lorem3 protocol mask

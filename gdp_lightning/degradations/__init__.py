@@ -4,7 +4,15 @@ Knows nothing of diffusion or Lightning. See :mod:`.base` for the interface.
 """
 
 from .base import Compose, Degradation, GaussianNoise, Identity
-from .blur import Blur, KernelOperator, conv_adjoint, convolve, kernel_least_squares, project_to_simplex
+from .blur import (
+    Blur,
+    KernelOperator,
+    center_kernels,
+    conv_adjoint,
+    convolve,
+    kernel_least_squares,
+    project_to_simplex,
+)
 from .colorization import Colorization
 from .illumination import HDR, Darken, Illumination, LowLight
 from .inpainting import Inpainting
@@ -37,6 +45,7 @@ __all__ = [
     "LowLight",
     "SuperResolution",
     "box_mask",
+    "center_kernels",
     "conv_adjoint",
     "convolve",
     "gaussian_kernel",

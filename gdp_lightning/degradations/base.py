@@ -138,7 +138,9 @@ class Identity(Degradation):
 
 
 class GaussianNoise(Degradation):
-    """Additive white Gaussian noise of standard deviation ``sigma`` on the [0, 1] scale.
+    """Additive white Gaussian noise of standard deviation ``sigma`` on the [0, 1] scale: DPS quotes σ on the
+    [-1, 1] scale (its 0.05 is ``GaussianNoise(0.025)``); DDRM's and DDNM's ``sigma_0`` are on the [0, 1] scale, as
+    here (they double it for their [-1, 1] images).
 
     Its ``forward`` is the identity (the guidance compares noiseless predictions with
     the observation); ``observe`` adds the noise, from the per-image generators if given.

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from .base import Degradation, _per_image, _set_phi
 from .kernels import gaussian_kernel, kernel_from_spec
 
-__all__ = ["Blur", "KernelOperator", "convolve", "conv_adjoint", "kernel_least_squares", "project_to_simplex"]
+__all__ = ["Blur", "KernelOperator", "center_kernels", "convolve", "conv_adjoint", "kernel_least_squares",
+           "project_to_simplex"]
 
 PADDINGS = ("valid", "zeros", "reflect", "replicate", "circular")
 
@@ -114,6 +115,8 @@ class KernelOperator(Degradation):
         """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``), normalised to sum one."""
         kernel = torch.as_tensor(kernel, dtype=torch.float32)
         kernel = kernel[None, None] if kernel.ndim == 2 else kernel
+        if getattr(self, "correlate", False):  # given as correlation-based code applies it
+            kernel = kernel.flip(-1, -2)
         self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
 
     @property
@@ -147,6 +150,30 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     last = ((u - cumulative / index) > 0).to(v.dtype).cumsum(1).argmax(1, keepdim=True)
     theta = cumulative.gather(1, last) / (last + 1).to(v.dtype)
     return (v - theta).clamp_min(0)
+
+
+def center_kernels(kernels: torch.Tensor) -> torch.Tensor:
+    """Shift each kernel of ``(N, 1, Kh, Kw)`` by whole pixels so that its centre of mass is within half a pixel of
+    the grid's centre (entries shifted off the grid are dropped, the rest renormalised to sum to one)."""
+    n, _, kh, kw = kernels.shape
+    out = kernels.clone()
+    rows = torch.arange(kh, dtype=kernels.dtype, device=kernels.device)
+    cols = torch.arange(kw, dtype=kernels.dtype, device=kernels.device)
+    for i in range(n):
+        k = kernels[i, 0]
+        mass = k.sum()
+        if mass <= 0:
+            continue
+        dy = int(torch.round((k.sum(1) * rows).sum() / mass - (kh - 1) / 2))
+        dx = int(torch.round((k.sum(0) * cols).sum() / mass - (kw - 1) / 2))
+        if dy == 0 and dx == 0:
+            continue
+        shifted = torch.zeros_like(k)
+        shifted[max(-dy, 0) : kh - max(dy, 0), max(-dx, 0) : kw - max(dx, 0)] = \
+            k[max(dy, 0) : kh - max(-dy, 0), max(dx, 0) : kw - max(-dx, 0)]
+        total = shifted.sum()
+        out[i, 0] = shifted / total if total > 0 else k
+    return out
 
 
 def kernel_least_squares(x: torch.Tensor, y: torch.Tensor, size: Tuple[int, int], padding: str,
@@ -196,6 +223,13 @@ class Blur(KernelOperator):
         one by a softmax over logits; it starts at ``kernel`` if given, else at a Gaussian of
         ``init_sigma`` pixels (logits start at log(max(k, 1e-4)): an entry that starts far smaller would
         have a vanishing gradient and could never grow).
+    :param correlate: the kernel is applied as correlation-based code applies it (the official GDP code, most
+        deep-learning code: ``conv2d`` without a flip), i.e. it is rotated 180° here. This operator is a true
+        convolution, so a motion kernel taken from such code without ``correlate`` comes out rotated 180°
+        (a symmetric kernel is the same either way).
+    :param center: blind fits by least squares (``phi_optimizer: lstsq``) keep the kernel's centre of mass on the
+        grid's centre (an integer shift after each fit): a kernel and an image shifted the other way explain the
+        observation equally, and without it the kernel can drift off-centre and the image with it.
     """
 
     linear = True
@@ -207,6 +241,8 @@ class Blur(KernelOperator):
         learnable: bool = False,
         kernel_size: Optional[int] = None,
         init_sigma: float = 1.0,
+        correlate: bool = False,
+        center: bool = True,
     ):
         super().__init__()
         if padding not in PADDINGS:
@@ -218,8 +254,10 @@ class Blur(KernelOperator):
         kernel = kernel_from_spec(kernel)
         if kernel.ndim != 2:
             raise ValueError(f"a blur kernel must be 2-D, got shape {tuple(kernel.shape)}")
+        if correlate:
+            kernel = kernel.flip(0, 1)
         self.padding = padding
-        self.learnable = learnable
+        self.learnable, self.center, self.correlate = learnable, center, correlate
         self._init_kernel(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,6 +274,8 @@ class Blur(KernelOperator):
         with torch.no_grad():
             start = self.kernel().detach().expand(x.shape[0], 1, *self.kernel_size)
             kernel = kernel_least_squares(x.detach(), y, self.kernel_size, self.padding, start)
+            if self.center:
+                kernel = center_kernels(kernel)
             self.kernel_logits.copy_(torch.log(kernel.clamp_min(1e-12)))
         return True
 

@@ -39,6 +39,10 @@ class Illumination(Degradation):
         Multiplying λ by s itself would tip the balance towards TV as s grows, and plain steps of lr 1 on
         λ·TV(M) diverge for λ above about H·W/16 (4096 at 256×256; the paper's s is 80000).
     :param learnable: optimise f and M during sampling (else they stay at their initial or set values).
+    :param saturation: the white level at which the exposures clipped (1.0 for a full-range 8-bit file; the shared
+        HDR example clips at 248/255): the model saturates as the sensor did, y_i = min(f_i·x + M_i, saturation),
+        so a clipped highlight of a long exposure is explained by any brighter x instead of pulling x darker (no
+        gradient where the model is at or past white). ``None`` (default, as the official code): never clipped.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class Illumination(Degradation):
         init: str = "official",
         smoothness: float = 0.0,
         learnable: bool = True,
+        saturation: Optional[float] = None,
     ):
         super().__init__()
         if num_exposures < 1:
@@ -63,6 +68,7 @@ class Illumination(Degradation):
         self.num_observations = num_exposures
         self.shared, self.factor, self.offset, self.init = shared, factor, offset, init
         self.smoothness, self.learnable = float(smoothness), learnable
+        self.saturation = None if saturation is None else float(saturation)
         self._channels = 3
 
     @property
@@ -108,7 +114,8 @@ class Illumination(Degradation):
             raise ValueError(f"per-channel gains were made for {self._channels} channels, the image has {c}")
         f, m = self._expanded(c)
         y = x.repeat(1, self.num_observations, 1, 1) * f.to(x.dtype)
-        return y if m is None else y + m.to(x.dtype)
+        y = y if m is None else y + m.to(x.dtype)
+        return y if self.saturation is None else y.clamp_max(self.saturation)
 
     def output_channels(self, channels: int) -> int:
         return channels * self.num_observations
@@ -127,7 +134,7 @@ class Illumination(Degradation):
     def extra_repr(self) -> str:
         return (
             f"exposures={self.num_observations}, shared={self.shared}, factor={self.factor}, offset={self.offset}, "
-            f"init={self.init}, smoothness={self.smoothness}"
+            f"init={self.init}, smoothness={self.smoothness}, saturation={self.saturation}"
         )
 
 
@@ -135,8 +142,8 @@ class LowLight(Illumination):
     """Low-light enhancement: y = f·x + M (one exposure). See :class:`Illumination` for the options."""
 
     def __init__(self, factor: str = "scalar", offset: str = "map", init: str = "official",
-                 smoothness: float = 0.0, learnable: bool = True):
-        super().__init__(1, False, factor, offset, init, smoothness, learnable)
+                 smoothness: float = 0.0, learnable: bool = True, saturation: Optional[float] = None):
+        super().__init__(1, False, factor, offset, init, smoothness, learnable, saturation)
 
 
 class HDR(Illumination):
@@ -144,10 +151,11 @@ class HDR(Illumination):
     official code). The observation stacks the exposures along the channels, in the order given."""
 
     def __init__(self, num_exposures: int = 3, shared: bool = False, factor: str = "scalar", offset: str = "map",
-                 init: str = "official", smoothness: float = 0.0, learnable: bool = True):
+                 init: str = "official", smoothness: float = 0.0, learnable: bool = True,
+                 saturation: Optional[float] = None):
         if num_exposures < 2:
             raise ValueError("HDR needs at least two exposures; use LowLight for one")
-        super().__init__(num_exposures, shared, factor, offset, init, smoothness, learnable)
+        super().__init__(num_exposures, shared, factor, offset, init, smoothness, learnable, saturation)
 
     @staticmethod
     def stack(exposures: Sequence[torch.Tensor]) -> torch.Tensor:
