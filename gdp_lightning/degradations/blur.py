@@ -176,15 +176,31 @@ def center_kernels(kernels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _difference_gram(kh: int, kw: int) -> torch.Tensor:
+    """DᵀD for D the horizontal and vertical differences of neighbouring entries of a Kh×Kw kernel (flattened)."""
+    rows = []
+    for i in range(kh):
+        for j in range(kw):
+            for di, dj in ((0, 1), (1, 0)):
+                if i + di < kh and j + dj < kw:
+                    r = torch.zeros(kh * kw, dtype=torch.float64)
+                    r[i * kw + j], r[(i + di) * kw + j + dj] = 1.0, -1.0
+                    rows.append(r)
+    d = torch.stack(rows)
+    return d.T @ d
+
+
 def kernel_least_squares(x: torch.Tensor, y: torch.Tensor, size: Tuple[int, int], padding: str,
-                         start: torch.Tensor, iterations: int = 200, rows: int = 64) -> torch.Tensor:
+                         start: torch.Tensor, iterations: int = 200, rows: int = 64,
+                         smoothness: float = 0.0) -> torch.Tensor:
     """``iterations`` projected-gradient steps from ``start`` (``(N, 1, Kh, Kw)``) towards the kernel k ≥ 0, Σ k = 1
     minimising ‖k ⊛ x − y‖² per image (``x``: ``(N, C, H, W)``, ``y`` the blurred observation with ``padding``).
     Natural images make the problem ill-conditioned: a few hundred steps move a kernel a long way, the exact
     minimiser takes tens of thousands (the sampler warm-starts each step from the last kernel, so over the
     steps it converges while x̃0 sharpens). The normal equations (a Kh·Kw square matrix per image) are
     accumulated over bands of ``rows`` output rows, so memory does not grow with the image; an image whose
-    system is degenerate (a flat image) keeps its start."""
+    system is degenerate (a flat image) keeps its start. ``smoothness`` λ adds λ·(tr G / Kh·Kw)·‖∇k‖² (G the
+    normal matrix, so λ does not depend on the image's size or contrast): a prior against noisy kernels."""
     n, c = x.shape[:2]
     kh, kw = size
     if padding != "valid":
@@ -199,6 +215,9 @@ def kernel_least_squares(x: torch.Tensor, y: torch.Tensor, size: Tuple[int, int]
         target = y[..., top : top + band.shape[-2] - kh + 1, :].double().reshape(n, -1)
         gram += patches @ patches.transpose(1, 2)
         rhs += (patches @ target[:, :, None])[..., 0]
+    if smoothness > 0:  # symmetric under the flip below, so it can be added to the flipped unknowns' system
+        scale = torch.diagonal(gram, dim1=1, dim2=2).mean(1)[:, None, None]
+        gram = gram + smoothness * scale * _difference_gram(kh, kw).to(gram.device)
     # convolution flips the kernel: the unknowns are the flipped kernel's entries
     k = start.double().reshape(n, -1).flip(-1)
     lipschitz = torch.linalg.eigvalsh(gram)[:, -1:].clamp_min(1e-12)
@@ -227,6 +246,8 @@ class Blur(KernelOperator):
         deep-learning code: ``conv2d`` without a flip), i.e. it is rotated 180° here. This operator is a true
         convolution, so a motion kernel taken from such code without ``correlate`` comes out rotated 180°
         (a symmetric kernel is the same either way).
+    :param smoothness: blind fits by least squares add λ‖∇k‖² (relative to the data term's scale, see
+        :func:`kernel_least_squares`): a prior against noisy kernels (0: none).
     :param center: blind fits by least squares (``phi_optimizer: lstsq``) keep the kernel's centre of mass on the
         grid's centre (an integer shift after each fit): a kernel and an image shifted the other way explain the
         observation equally, and without it the kernel can drift off-centre and the image with it.
@@ -243,6 +264,7 @@ class Blur(KernelOperator):
         init_sigma: float = 1.0,
         correlate: bool = False,
         center: bool = True,
+        smoothness: float = 0.0,
     ):
         super().__init__()
         if padding not in PADDINGS:
@@ -258,6 +280,7 @@ class Blur(KernelOperator):
             kernel = kernel.flip(0, 1)
         self.padding = padding
         self.learnable, self.center, self.correlate = learnable, center, correlate
+        self.smoothness = float(smoothness)
         self._init_kernel(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +296,8 @@ class Blur(KernelOperator):
             return False
         with torch.no_grad():
             start = self.kernel().detach().expand(x.shape[0], 1, *self.kernel_size)
-            kernel = kernel_least_squares(x.detach(), y, self.kernel_size, self.padding, start)
+            kernel = kernel_least_squares(x.detach(), y, self.kernel_size, self.padding, start,
+                                          smoothness=self.smoothness)
             if self.center:
                 kernel = center_kernels(kernel)
             self.kernel_logits.copy_(torch.log(kernel.clamp_min(1e-12)))
