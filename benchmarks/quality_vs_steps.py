@@ -20,9 +20,11 @@ used; blind: its learned kernel), images flagged as diverged (left out of the PS
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -58,9 +60,11 @@ def rules(task: str):
     return [shipped]
 
 
-def run(task: str, rule: dict, steps: int, clean: torch.Tensor, y: torch.Tensor, checkpoint: str):
-    module = build_module(task, "skimage64", checkpoint, sampler={"steps": str(steps), **rule}, metrics=[],
-                          progress=False)
+def run(task: str, rule: dict, steps: int, clean: torch.Tensor, y: torch.Tensor, checkpoint: str,
+        model: Optional[dict] = None):
+    model = dict(model or {})
+    sampler = {"steps": str(steps), **rule, **model.pop("sampler", {})}
+    module = build_module(task, "skimage64", checkpoint, sampler=sampler, metrics=[], progress=False, **model)
     if task in OPERATORS:
         module.set_task(degradation=OPERATORS[task]())
     start = time.perf_counter()
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--rules", nargs="+", default=["shipped", "GDP gradient"], choices=["shipped", "GDP gradient"])
     ap.add_argument("--methods", nargs="+", default=["ddpm"], choices=["ddpm", "ddim"],
                     help="samplers (ddim: η = 0, the guidance moving its mean as DDPM's)")
+    ap.add_argument("--model", type=json.loads, default=None,
+                    help='model options merged into every config, JSON: \'{"quality": [...]}\'')
     ap.add_argument("--checkpoint", default=str(CHECKPOINT))
     args = ap.parse_args()
     clean = load_crops(args.crops, args.num)
@@ -99,7 +105,7 @@ def main() -> None:
         for name, rule in [(n if m == "ddpm" else f"{n}, DDIM", {**r, "method": m}) for m in args.methods
                            for n, r in chosen]:
             for steps in args.steps:
-                p, c, diverged, seconds = run(task, rule, steps, clean, y, args.checkpoint)
+                p, c, diverged, seconds = run(task, rule, steps, clean, y, args.checkpoint, args.model)
                 quality = "–" if p is None else f"{p.mean():.2f} ({p.min():.2f}) | {c.mean():.2f} ({c.max():.2f})"
                 if p is None:
                     quality += " | –"
