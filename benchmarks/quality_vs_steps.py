@@ -20,6 +20,7 @@ used; blind: its learned kernel), images flagged as diverged (left out of the PS
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ from versus_diffpir import CHECKPOINT, OPERATORS, load_crops  # noqa: E402
 from gdp_lightning.api import build_module, restore  # noqa: E402
 from gdp_lightning.benchmark import psnr, quantize  # noqa: E402
 from gdp_lightning.degradations import HDR, Blur, Darken, gaussian_kernel  # noqa: E402
+from gdp_lightning.sampling import QualityTerm  # noqa: E402
 
 GDP_SCALES = {"sr4": 8000.0, "deblur": 24000.0, "inpaint": 16000.0, "colorize": 10000.0}
 TASKS = ["sr4", "deblur", "inpaint", "colorize", "blind_deblur", "lowlight", "hdr"]
@@ -60,10 +62,19 @@ def rules(task: str):
     return [shipped]
 
 
+def quality_term(spec: dict) -> QualityTerm:
+    """A quality term from its config form ``{"loss": {"class_path": ..., "init_args": {...}}, "weight": ...}``."""
+    module, _, name = spec["loss"]["class_path"].rpartition(".")
+    loss = getattr(importlib.import_module(module), name)(**spec["loss"].get("init_args", {}))
+    return QualityTerm(loss, float(spec["weight"]), bool(spec.get("relative", False)), spec.get("name"))
+
+
 def run(task: str, rule: dict, steps: int, clean: torch.Tensor, y: torch.Tensor, checkpoint: str,
         model: Optional[dict] = None):
     model = dict(model or {})
     sampler = {"steps": str(steps), **rule, **model.pop("sampler", {})}
+    if "quality" in model:  # the API takes quality terms as objects
+        model["quality"] = [quality_term(q) for q in model["quality"]]
     module = build_module(task, "skimage64", checkpoint, sampler=sampler, metrics=[], progress=False, **model)
     if task in OPERATORS:
         module.set_task(degradation=OPERATORS[task]())
