@@ -14,6 +14,7 @@ centre of mass drifted from its grid's centre, and diverged images.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,16 +29,7 @@ from versus_diffpir import CHECKPOINT, load_crops  # noqa: E402
 
 from gdp_lightning.api import build_module, restore  # noqa: E402
 from gdp_lightning.benchmark import psnr, quantize  # noqa: E402
-from gdp_lightning.degradations import Blur, gaussian_kernel, kernel_error, kernel_width  # noqa: E402
-
-
-def centre_offset(kernel: torch.Tensor) -> float:
-    """Distance in pixels from the kernel's centre of mass to its grid's centre (its drift)."""
-    k = kernel.reshape(kernel.shape[-2:]).double()
-    rows, cols = torch.arange(k.shape[0], dtype=k.dtype), torch.arange(k.shape[1], dtype=k.dtype)
-    dy = float((k.sum(1) * rows).sum() / k.sum()) - (k.shape[0] - 1) / 2
-    dx = float((k.sum(0) * cols).sum() / k.sum()) - (k.shape[1] - 1) / 2
-    return (dy * dy + dx * dx) ** 0.5
+from gdp_lightning.degradations import Blur, gaussian_kernel, kernel_error, kernel_offset, kernel_width  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +57,7 @@ def main() -> None:
         true_width = kernel_width(truth)
         within = int(((widths - true_width).abs() <= 0.25 * true_width).sum())
         errors = torch.tensor([kernel_error(k, truth) for k in kernels])
-        offsets = torch.tensor([centre_offset(k) for k in kernels])
+        offsets = torch.tensor([math.hypot(*kernel_offset(k)) for k in kernels])
         kept = [i for i, r in enumerate(results) if r["image"] is not None]
         out = quantize(torch.stack([results[i]["image"] for i in kept]))
         print(f"| {sigma:g} | {widths.mean():.2f} ({widths.min():.2f}–{widths.max():.2f}) | {within}/{len(kernels)} | "

@@ -494,16 +494,15 @@ class GDPModule(L.LightningModule):
         with torch.no_grad():
             restricted = self.degradation.restrict_observation(y)
         y = y if restricted is None else restricted
-        out_h, out_w = self.degradation.input_size(oh, ow)
+        base_h, base_w = self.degradation.input_size(oh, ow)
         seeds = self.seeds_for(indices)
         labels = self.labels_for(names, seeds)
         gt = batch.get("x")
         gt = None if gt is None else gt.to(self.device, torch.float32)
-        if gt is not None:  # synthetic: the restoration has the clean image's size (SR×4 of 66 rows: 17, not 68)
-            out_h, out_w = gt.shape[-2:]
+        # synthetic: the restoration has the clean image's size (SR×4 of 66 rows: 17, not 68), plus any padding
+        out_h, out_w = (base_h, base_w) if gt is None else gt.shape[-2:]
         full_h, full_w = self.degradation.input_size(oh + pad[0], ow + pad[1])
-        size = (full_h - self.degradation.input_size(oh, ow)[0] + out_h,
-                full_w - self.degradation.input_size(oh, ow)[1] + out_w)
+        size = (full_h - base_h + out_h, full_w - base_w + out_w)
         scales = self.settings.scale_list()
         gray_out = [m in ("L", "LA") for m in batch.get("mode", ["RGB"] * len(names))]
         if self._operators(Colorization):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Degradation, _per_image, _set_phi
-from .kernels import gaussian_kernel, kernel_from_spec
+from .kernels import gaussian_kernel, kernel_from_spec, kernel_offset
 
 __all__ = ["Blur", "KernelOperator", "center_kernels", "convolve", "conv_adjoint", "kernel_least_squares",
            "project_to_simplex"]
@@ -93,6 +93,7 @@ class KernelOperator(Degradation):
     """
 
     learnable: bool = False
+    correlate: bool = False  # kernels are given as correlation-based code applies them (see Blur)
 
     def _init_kernel(self, kernel: torch.Tensor) -> None:
         self.register_buffer("initial_kernel", kernel / kernel.sum(), persistent=False)
@@ -115,7 +116,7 @@ class KernelOperator(Degradation):
         """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``), normalised to sum one."""
         kernel = torch.as_tensor(kernel, dtype=torch.float32)
         kernel = kernel[None, None] if kernel.ndim == 2 else kernel
-        if getattr(self, "correlate", False):  # given as correlation-based code applies it
+        if self.correlate:  # given as correlation-based code applies it
             kernel = kernel.flip(-1, -2)
         self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
 
@@ -157,15 +158,11 @@ def center_kernels(kernels: torch.Tensor) -> torch.Tensor:
     the grid's centre (entries shifted off the grid are dropped, the rest renormalised to sum to one)."""
     n, _, kh, kw = kernels.shape
     out = kernels.clone()
-    rows = torch.arange(kh, dtype=kernels.dtype, device=kernels.device)
-    cols = torch.arange(kw, dtype=kernels.dtype, device=kernels.device)
     for i in range(n):
         k = kernels[i, 0]
-        mass = k.sum()
-        if mass <= 0:
+        if k.sum() <= 0:
             continue
-        dy = int(torch.round((k.sum(1) * rows).sum() / mass - (kh - 1) / 2))
-        dx = int(torch.round((k.sum(0) * cols).sum() / mass - (kw - 1) / 2))
+        dy, dx = (int(round(d)) for d in kernel_offset(k))
         if dy == 0 and dx == 0:
             continue
         shifted = torch.zeros_like(k)

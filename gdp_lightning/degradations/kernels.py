@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch
 from .files import read_array
 
 __all__ = ["gaussian_kernel", "gdp_gaussian_kernel", "uniform_kernel", "motion_kernel", "load_kernel", "kernel_width",
-           "kernel_error"]
+           "kernel_error", "kernel_offset"]
 
 
 def _normalized(k: torch.Tensor) -> torch.Tensor:
@@ -129,6 +129,16 @@ def kernel_width(kernel: torch.Tensor) -> float:
     var_y = (py * rows**2).sum() - (py * rows).sum() ** 2
     var_x = (px * cols**2).sum() - (px * cols).sum() ** 2
     return float(((var_x + var_y) / 2).sqrt())
+
+
+def kernel_offset(kernel: torch.Tensor) -> Tuple[float, float]:
+    """(rows, columns) from the kernel's grid centre to its centre of mass, in pixels (a drifted kernel)."""
+    k = kernel.detach().double().reshape(kernel.shape[-2:])
+    mass = k.sum()
+    rows = torch.arange(k.shape[0], dtype=torch.float64)
+    cols = torch.arange(k.shape[1], dtype=torch.float64)
+    return (float((k.sum(1) * rows).sum() / mass) - (k.shape[0] - 1) / 2,
+            float((k.sum(0) * cols).sum() / mass) - (k.shape[1] - 1) / 2)
 
 
 def kernel_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:

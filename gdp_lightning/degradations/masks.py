@@ -36,11 +36,17 @@ def box_mask(height: int, width: int, top: int, left: int, box_height: int, box_
 def permutation_mask(path: Union[str, Path], missing: float = 0.25, size: int = 256) -> torch.Tensor:
     """The GDP/DDRM random-inpainting protocol: the first ``missing`` fraction of a stored permutation of the
     ``size × size`` flat pixel indices are missing (``random_permutation_256.txt``: 25 %, 16384 pixels)."""
-    path = Path(path)
+    return _mask_from_permutation(_read_permutation(Path(path)), Path(path), missing, size)
+
+
+def _read_permutation(path: Path) -> np.ndarray:
     try:
-        order = np.loadtxt(path).astype(np.int64).reshape(-1)
+        return np.loadtxt(path).astype(np.int64).reshape(-1)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read a pixel permutation ({e})") from None
+
+
+def _mask_from_permutation(order: np.ndarray, path: Path, missing: float, size: int) -> torch.Tensor:
     if sorted(order.tolist()) != list(range(size * size)):
         raise ValueError(f"{path}: not a permutation of 0..{size * size - 1}")
     mask = torch.ones(size * size)
@@ -61,11 +67,11 @@ def load_mask(path: Union[str, Path]) -> torch.Tensor:
     if path.suffix.lower() in PERMUTATION_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such mask file")
-        count = sum(1 for line in open(path) if line.strip())
-        side = int(round(count**0.5))
-        if side * side != count:
-            raise ValueError(f"{path}: a permutation mask needs H·W = side² indices, one per line; got {count} lines")
-        return permutation_mask(path, 0.25, side)
+        order = _read_permutation(path)
+        side = int(round(order.size**0.5))
+        if side * side != order.size:
+            raise ValueError(f"{path}: a permutation mask needs H·W = side² indices, one per line; got {order.size} lines")
+        return _mask_from_permutation(order, path, 0.25, side)
     m = read_array(path, "an inpainting mask", "mask", dtype=torch.float32, image_mode="L", image_scale=1 / 255.0)
     if m.ndim == 3:  # channels first or last: observed where the mean is at least half
         m = m.mean(0 if m.shape[0] <= 4 else -1)
