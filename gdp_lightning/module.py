@@ -308,8 +308,8 @@ class GDPModule(L.LightningModule):
         if self.labels_file is not None:
             self._labels = read_labels(self.labels_file)
         self._check_inputs()
-        if stage != "fit":
-            self._check_sweep()
+        if stage != "fit":  # the sampler's options are checked before the first restoration
+            self._check_sweep(self.make_sampler(self.settings.scale_list()[0]))
         self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
                                      fid_feature_extractor=self.fid_feature_extractor, groups=self._scale_suffixes())
         keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in [*self.metric_names, "diverged"]
@@ -317,12 +317,12 @@ class GDPModule(L.LightningModule):
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
         self.prepared_stage = stage
 
-    def _check_sweep(self) -> None:
+    def _check_sweep(self, sampler: GDPSampler) -> None:
         """A scale sweep must sweep something: under the data-consistency rule only relative quality weights
         depend on the scale."""
         if len(self.settings.scale_list()) < 2 or any(q.relative for q in self.quality):
             return
-        if self.make_sampler(self.settings.scale_list()[0]).proximal:
+        if sampler.proximal:
             raise ConfigError(
                 "--model.sampler.scales: this task's data term is the exact data-consistency step (guidance "
                 f"{self.settings.guidance!r}), which has no scale, so every scale would give the same images; "
@@ -368,8 +368,11 @@ class GDPModule(L.LightningModule):
     def make_sampler(self, scale: float) -> GDPSampler:
         options = self.settings.sampler_options()
         options["tile_size"] = options["tile_size"] or self.unet.image_size
-        return GDPSampler(self.sampling_unet, self.diffusion, self.degradation, scale, quality=self.quality,
-                          progress=self._show_progress(), **options)
+        try:
+            return GDPSampler(self.sampling_unet, self.diffusion, self.degradation, scale, quality=self.quality,
+                              progress=self._show_progress(), **options)
+        except ValueError as e:  # an option the sampler refuses: one line naming it
+            raise ConfigError(f"--model.sampler: {e}") from None
 
     def _show_progress(self) -> bool:
         if not self.progress:

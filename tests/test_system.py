@@ -631,6 +631,33 @@ def test_predict_resumes_and_overwrites(tiny_prior, photos16, tmp_path, capfd):
     assert {f"im{i}.{ext}" for i in range(3) for ext in ("png", "json")} <= set(rewritten(out))
 
 
+@pytest.mark.parametrize("task_name,option,value,expected", [
+    ("sr4", "--model.sampler.phi_start", "1.5", "--model.sampler: phi_start must be in [0, 1]"),
+    ("sr4", "--model.sampler.tile_overlap", "2.5", "--model.sampler: tile_overlap is pixels"),
+    ("sr4", "--model.sampler.phi_update", "later", "--model.sampler: phi_update must be one of"),
+    ("blur_sr4", "--model.sampler.phi_optimizer", "lstsq", "needs an operator with an exact solve"),
+    ("inpaint", "--model.degradation.init_args.mask", "twice.txt", "twice.txt: not a permutation"),
+    ("inpaint", "--model.degradation.init_args.mask", "bad.npy", "bad.npy: cannot read an inpainting mask"),
+])
+def test_bad_sampler_options_and_mask_files_end_in_one_line(task_name, option, value, expected, tiny_prior,
+                                                            photos16, tmp_path, capfd):
+    """Refused before anything is restored: one line naming the option or file, the output folder untouched."""
+    (tmp_path / "twice.txt").write_text("0\n0\n1\n2\n")
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    if value in ("twice.txt", "bad.npy"):
+        value = str(tmp_path / value)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"kept")
+    inputs = sorted(p.read_bytes() for p in photos16.iterdir())
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, task_name, "--data.input_dir", str(photos16),
+                  "--writer.output_dir", str(out), option, value)
+    assert rc == 2
+    assert expected in error_line(err)
+    assert names_in(out) == ["earlier.png"] and (out / "earlier.png").read_bytes() == b"kept"
+    assert sorted(p.read_bytes() for p in photos16.iterdir()) == inputs
+
+
 def test_outputs_written_before_a_failure_stay(tiny_prior, photos16, tmp_path, capfd, monkeypatch):
     out, logs = tmp_path / "out", tmp_path / "logs"
     options = ["--data.input_dir", str(photos16), "--data.batch_size", "2", "--writer.output_dir", str(out)]

@@ -8,6 +8,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 __all__ = ["read_array"]
 
 
@@ -30,7 +32,7 @@ def read_array(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {noun} file")
+        raise InputError(f"{path}: no such {noun} file")
     suffix = path.suffix.lower()
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     try:
@@ -48,5 +50,5 @@ def read_array(
             if image_scale != 1.0:
                 array = array * image_scale
     except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
-        raise ValueError(f"{path}: cannot read {what} ({e})") from None
+        raise InputError(f"{path}: cannot read {what} ({e})") from None
     return array.squeeze()

@@ -8,6 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .files import read_array
 
 __all__ = ["random_mask", "box_mask", "load_mask", "permutation_mask"]
@@ -43,12 +44,12 @@ def _read_permutation(path: Path) -> np.ndarray:
     try:
         return np.loadtxt(path).astype(np.int64).reshape(-1)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read a pixel permutation ({e})") from None
+        raise InputError(f"{path}: cannot read a pixel permutation ({e})") from None
 
 
 def _mask_from_permutation(order: np.ndarray, path: Path, missing: float, size: int) -> torch.Tensor:
     if sorted(order.tolist()) != list(range(size * size)):
-        raise ValueError(f"{path}: not a permutation of 0..{size * size - 1}")
+        raise InputError(f"{path}: not a permutation of 0..{size * size - 1}")
     mask = torch.ones(size * size)
     mask[torch.from_numpy(order[: round(missing * size * size)])] = 0
     return mask.reshape(size, size)
@@ -66,15 +67,15 @@ def load_mask(path: Union[str, Path]) -> torch.Tensor:
     path = Path(path)
     if path.suffix.lower() in PERMUTATION_SUFFIXES:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such mask file")
+            raise InputError(f"{path}: no such mask file")
         order = _read_permutation(path)
         side = int(round(order.size**0.5))
         if side * side != order.size:
-            raise ValueError(f"{path}: a permutation mask needs H·W = side² indices, one per line; got {order.size} lines")
+            raise InputError(f"{path}: a permutation mask needs H·W = side² indices, one per line; got {order.size} lines")
         return _mask_from_permutation(order, path, 0.25, side)
     m = read_array(path, "an inpainting mask", "mask", dtype=torch.float32, image_mode="L", image_scale=1 / 255.0)
     if m.ndim == 3:  # channels first or last: observed where the mean is at least half
         m = m.mean(0 if m.shape[0] <= 4 else -1)
     if m.ndim != 2:
-        raise ValueError(f"{path}: an inpainting mask must be 2-D, got shape {tuple(m.shape)}")
+        raise InputError(f"{path}: an inpainting mask must be 2-D, got shape {tuple(m.shape)}")
     return (m >= 0.5 if m.max() <= 1 else m > 0).float()

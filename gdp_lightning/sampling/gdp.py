@@ -236,6 +236,8 @@ class GDPSampler:
         prior_size = getattr(unet, "image_size", None)
         self.tile_size = tile_size or prior_size
         self.tile_overlap = tile_overlap
+        if self.tile_size and not 0 <= tile_overlap_pixels(tile_overlap, self.tile_size) < self.tile_size:
+            raise ValueError(f"tile_overlap must be below the tile's {self.tile_size} pixels, got {tile_overlap}")
         self.tile_batch = tile_batch
         self.whole_image = whole_image or self.tile_size is None
         self.clip_denoised = clip_denoised
