@@ -194,6 +194,11 @@ def test_monitor_flags_a_finite_run_away_and_keeps_a_recovering_one():
     for step, v in enumerate([0.3, 0.05, 0.03], start=1):
         noisy.update(step, torch.tensor([v]))
     assert noisy.diverged_at() == [None]
+    real = DivergenceMonitor(2)  # a photo no image explains to better than D* = 0.012: held to D* + 10 levels
+    real.explainable(torch.tensor([0.012, 0.0]))
+    for step, v in enumerate([0.02, 0.013, 0.0129], start=1):
+        real.update(step, torch.tensor([v, v]))
+    assert real.diverged_at() == [None, 1]
     tiny = DivergenceMonitor(1)
     for step, v in enumerate([1e-6, 1e-8, 0.5 * DIVERGENCE_FLOOR], start=1):  # far past its best, under the floor
         tiny.update(step, torch.tensor([v]))

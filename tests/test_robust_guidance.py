@@ -85,6 +85,19 @@ def test_a_noisy_observation_is_not_overfitted(prior, clean):
     assert told.diverged == [None] * 4
 
 
+def test_a_sharp_photo_given_to_deblurring_is_not_flagged(prior, clean):
+    """A real photo that the task's blur did not make (here: sharp crops) has no exact deconvolution in [0, 1]:
+    its restoration ends tens of gray levels from explaining it, as far as the best least-squares image does,
+    and is kept; an observation the blur did make is held to ten gray levels."""
+    op = Blur(gdp_gaussian_kernel(9, 2), padding="reflect")
+    sharp = quantize(clean)
+    result = _sampler(prior, op, steps="10", guidance="auto").restore(sharp, seeds=range(4))
+    assert result.diverged == [None] * 4
+    assert (result.losses["data"] > (10 / 255) ** 2).any()  # it really is far from its observation
+    made = quantize(op(clean))
+    assert _sampler(prior, op, steps="10", guidance="auto").restore(made, seeds=range(4)).diverged == [None] * 4
+
+
 # an inpainting that GDP's gradient rule (one push per step) at 20 steps and the 1000-step scale 16000 overshoots
 # for one crop of the two (crop 0) and not for the other (crop 6); at half the scale both converge
 @pytest.fixture(scope="module")

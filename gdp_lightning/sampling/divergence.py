@@ -7,10 +7,13 @@ flagged when the final image's D exceeds ``floor`` and any of
 
 * ``ratio`` times the lowest D of the earlier steps (it ran off from where it was),
 * the D of a flat mid-gray image (it explains the observation no better than no image at all),
-* ``absolute`` + 4σ² (σ: the observation's noise): an RMS error above ``√absolute`` beyond twice the noise, which
-  no restoration that follows its data reaches (it never got there). Only where the forward model is exact (a
-  linear operator with known parameters, which some image explains to the noise level): a learned model of a
-  real camera (low-light's y = f·x + M, HDR's clipped highlights) may legitimately end farther from its data.
+* D* + ``absolute`` + 4σ² (σ: the observation's noise; D* the data term of the best explanation of y a
+  least-squares solve finds among images in [0, 1]): an RMS error above ``√absolute`` beyond twice the noise and
+  beyond what any image can explain, which no restoration that follows its data reaches (it never got there).
+  D* is about 0 for observations the operator made; a real photo follows the model only approximately (a sharp
+  photo given to a deblurring task has no exact deconvolution in [0, 1]), and is held to what can be explained.
+  Only where the forward model is exact (a linear operator with known parameters); a learned model of a real
+  camera (low-light's y = f·x + M, HDR's clipped highlights) may legitimately end farther from its data.
 
 The step reported is the first step of the run of steps, reaching to the end, whose D exceeded those bounds.
 A sample that becomes non-finite is flagged at that step.
@@ -47,12 +50,18 @@ class DivergenceMonitor:
         self.onset: List[Optional[int]] = [None] * n
         self.non_finite: List[Optional[int]] = [None] * n
         self.reference: List[float] = [float("inf")] * n
+        self.explained: List[float] = [0.0] * n
 
     def bound(self, reference: torch.Tensor) -> None:
         """An absolute bound per image (``(n,)``): a final data term above it is flagged whatever the running
         minimum (the data term of a flat mid-gray image: a result that explains the observation no better than
         that is no restoration, even one that was never better during sampling)."""
         self.reference = reference.detach().float().cpu().tolist()
+
+    def explainable(self, best: torch.Tensor) -> None:
+        """D* per image (``(n,)``): the data term of the best explanation of each observation (see the module
+        docstring); the absolute bound is that much higher."""
+        self.explained = [max(0.0, v) for v in best.detach().float().cpu().tolist()]
 
     def update(self, step: int, data: torch.Tensor, finite: Optional[torch.Tensor] = None) -> None:
         """The data term of every image after ``step`` (``(n,)``); ``finite``: whether each sample is finite."""
@@ -64,7 +73,8 @@ class DivergenceMonitor:
             if not fine or d != d or d in (float("inf"), float("-inf")):
                 self.non_finite[b] = step
                 continue
-            over = d > max(min(self.ratio * self.best[b], self.reference[b], self.absolute), self.floor)
+            absolute = self.absolute + self.explained[b]
+            over = d > max(min(self.ratio * self.best[b], self.reference[b], absolute), self.floor)
             if not over:
                 self.onset[b] = None
             elif self.onset[b] is None:

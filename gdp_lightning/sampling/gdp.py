@@ -527,7 +527,12 @@ class GDPSampler:
         exact = supports_consistency(self.degradation, self.data_loss_name) is None
         monitor = DivergenceMonitor(n, noise_sigma=self.noise_sigma, absolute=DIVERGENCE_ABSOLUTE if exact else None)
         with torch.no_grad():  # the data term of a flat mid-gray image: a bound no restoration should exceed
-            monitor.bound(self.data_terms(torch.zeros(n, channels, h, w, device=device), y))
+            gray = torch.zeros(n, channels, h, w, device=device)
+            monitor.bound(self.data_terms(gray, y))
+            if exact:  # what the best image in [0, 1] leaves unexplained (a real photo: more than its noise)
+                far = torch.full((n, 1, 1, 1), 1e3, device=device, dtype=y.dtype)  # ρ → 0: least squares
+                best = self.consistency((gray + 1) / 2, y, far).clamp(0, 1)
+                monitor.explainable(self.data_terms(best * 2 - 1, y))
         for i in steps:
             t = torch.full((n,), i, device=device, dtype=torch.long)
             noise = randn(x.shape, noise_gens, device=device) if (i > 0 and (self.method == "ddpm" or self.eta > 0)) else None
