@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from . import __version__
 from .data.images import write_image
 from .errors import InputError
 from .io import atomic_path
+from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 
 __all__ = ["RestorationWriter", "TrajectoryLogger", "phi_summary", "sha256"]
 
@@ -90,7 +92,7 @@ def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
 
 
 #: settings of :meth:`GDPModule.describe` that do not change a restoration (a rerun may change them and resume)
-NEUTRAL_SETTINGS = ("checkpoint", "prior.checkpoint", "prior.source", "prior.description", "prior.name",
+NEUTRAL_SETTINGS = ("checkpoint", "weights", "prior.checkpoint", "prior.source", "prior.description", "prior.name",
                     "sampler.tile_batch", "sampler.on_divergence", "sampler.max_retries")
 
 
@@ -111,6 +113,16 @@ def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:
     if "checkpoint_sha256" not in flat and checkpoint and Path(checkpoint).is_file():
         flat["checkpoint_sha256"] = checkpoint_sha256(Path(checkpoint))
     return {k: v for k, v in flat.items() if k not in NEUTRAL_SETTINGS}
+
+
+def input_folders(datamodule: Any, items: List[Any]) -> List[Path]:
+    """The folders the inputs come from: the data module's input folder and every input file's folder."""
+    folders = {Path(p).parent for it in items for p in getattr(it, "paths", [])}
+    for attribute in ("input_dir", "val_dir"):
+        value = getattr(datamodule, attribute, None)
+        if value:
+            folders.add(Path(value))
+    return sorted(folders)
 
 
 def _json_dump(path: Path, data: Any) -> None:
@@ -134,6 +146,7 @@ class RestorationWriter(Callback):
         self._rank = 0
         self._summarized = False
         self._earlier: List[str] = []
+        self._lock: Optional[FolderLock] = None
         #: the images of the last summary that diverged, as ``"name (step k of n)"`` (first process only)
         self.failed: List[str] = []
 
@@ -157,30 +170,61 @@ class RestorationWriter(Callback):
             return
         self._dir = self.resolve_directory(trainer)
         self._rank = trainer.global_rank
-        items = getattr(trainer.datamodule, "items", None) or []
+        datamodule = trainer.datamodule
+        items = getattr(datamodule, "items", None) or []
         clash = [it.name for it in items if it.name in RESERVED]
         if clash:
             raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
                              f"{self._dir}; rename it")
+        # the folder is checked and locked by the first process; every process stops on its answer
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                check_output_folder(self._dir, input_folders(datamodule, items))
+                self._lock = FolderLock(self._dir, getattr(pl_module, "run_command", None))
+                self._lock.acquire()
+                removed = remove_temporary_files(self._dir)
+                if removed:
+                    rank_zero_info(f"removed {len(removed)} half-written file(s) of an earlier, interrupted run "
+                                   f"from {self._dir}")
+            except InputError as e:
+                problem = str(e)
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise InputError(problem)
         self._summarized = False
         self._earlier = []
         if not self.overwrite and any(self.is_done(it.name) for it in items):
-            self._check_resume(pl_module)
-        if trainer.is_global_zero:
-            self._dir.mkdir(parents=True, exist_ok=True)
+            self._check_resume(trainer, pl_module)
 
-    def _check_resume(self, pl_module: "L.LightningModule") -> None:
+    @staticmethod
+    def model_record(trainer: "L.Trainer", pl_module: "L.LightningModule") -> Dict[str, Any]:
+        """What the run record says about the model: its settings (``describe()``) and the weights it really
+        restores with, by SHA-256: the ``--ckpt_path`` checkpoint's when one is given, else the prior's."""
+        describe = getattr(pl_module, "describe", None)
+        model = describe() if describe is not None else {}
+        ckpt_path = getattr(trainer, "ckpt_path", None)
+        weights = Path(ckpt_path) if ckpt_path else (Path(model["checkpoint"]) if model.get("checkpoint") else None)
+        if ckpt_path:
+            model["weights"] = str(Path(ckpt_path).resolve())
+        if weights is not None and weights.is_file():
+            model["checkpoint_sha256"] = checkpoint_sha256(weights)
+        return model
+
+    def _check_resume(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """A rerun skips the inputs already restored: only when the earlier run restored them the same way.
         Checked on every process (each reads the record), so all stop together."""
         path = self.directory / "run.json"
-        describe = getattr(pl_module, "describe", None)
-        if describe is None or not path.is_file():
+        if getattr(pl_module, "describe", None) is None or not path.is_file():
             return
         try:
             earlier = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        now = restoration_settings(json.loads(json.dumps(describe())))  # as a record stores it
+        model = self.model_record(trainer, pl_module)
+        if "checkpoint_sha256" not in model and (model.get("weights") or model.get("checkpoint")):
+            return  # a missing weights file: loading it says so, in its own words
+        now = restoration_settings(json.loads(json.dumps(model)))  # as a record stores it
         before = restoration_settings(earlier.get("model", {}))
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
@@ -210,8 +254,20 @@ class RestorationWriter(Callback):
 
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         # with every input done the loop has no batch and Lightning skips on_predict_end: summarise here
-        if stage == "predict" and not self._summarized and trainer.world_size == 1 and self._dir is not None:
-            self.summarize(trainer, pl_module)
+        try:
+            if stage == "predict" and not self._summarized and trainer.world_size == 1 and self._dir is not None \
+                    and self._lock is not None and self._lock.held:
+                self.summarize(trainer, pl_module)
+        finally:
+            self._release()
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._release()  # Lightning skips teardown after an error
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def is_done(self, name: str) -> bool:
         """Whether ``name`` was restored by an earlier run (its record, written last, exists and does not say it
@@ -228,11 +284,7 @@ class RestorationWriter(Callback):
 
     # ---------------------------------------------------------------- record
     def write_run_record(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        describe = getattr(pl_module, "describe", None)
-        model = describe() if describe is not None else {}
-        checkpoint = model.get("checkpoint")
-        if checkpoint and Path(checkpoint).is_file():
-            model["checkpoint_sha256"] = checkpoint_sha256(Path(checkpoint))
+        model = self.model_record(trainer, pl_module)
         record = {
             "stage": stage,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

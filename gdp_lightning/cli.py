@@ -86,6 +86,27 @@ class GDPCLI(LightningCLI):
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: the checkpoint's stored hyper-parameters fill in the model options, but every option the
+        user gave (in a config file or on the command line) wins over them; Lightning's own merge would let the
+        checkpoint's values (a fit's sampler settings) silently replace the user's."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        given = self.config[subcommand].get("model")
+        defaults = self._parser(subcommand).get_defaults().get("model")
+        super()._parse_ckpt_path()
+        if given is None or defaults is None:
+            return
+        merged = self.config[subcommand]["model"]
+        default_values = dict(defaults.items())
+        # on the command line: given even where the value is the default
+        typed = {a[len("--model."):].split("=")[0] for a in self.command if a.startswith("--model.")}
+        for key, value in given.items():
+            named = any(key == t or key.startswith(t + ".") for t in typed)
+            if named or key not in default_values or value != default_values[key]:
+                merged[key] = value
+
     def _run_subcommand(self, subcommand: str) -> None:
         # the resolved config goes into the run record beside the outputs
         config = self.config.get(subcommand, self.config) if subcommand else self.config

@@ -21,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import torch
@@ -31,7 +31,8 @@ from torchmetrics.aggregation import MeanMetric
 
 from .degradations import Blur, Colorization, Degradation, Inpainting, KernelOperator, kernel_error, kernel_width
 from .diffusion import GaussianDiffusion, randn
-from .errors import ConfigError, GDPError, InputError
+from .diffusion.schedules import respacing_string
+from .errors import ConfigError, GDPError, InputError, warn
 from .metrics import ImageMetrics, to_8bit
 from .prior import PriorSpec, load_prior_weights
 from .sampling import GDPResult, GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
@@ -60,7 +61,8 @@ class SamplerSettings:
     :param steps: number of diffusion steps (``100``) or guided-diffusion's respacing string (``"ddim50"``,
         ``"10,10,10"``); the paper uses 1000.
     :param scale: guidance scale s (with ``scale_convention: paper``: the value for 1000 steps on a 256×256
-        image, converted to this run's steps and size).
+        image, converted to this run's steps and size); at least 0, and 0 turns the data guidance off (the
+        prior's own samples, beside the quality terms). Not used by the data-consistency rule.
     :param scales: try several scales on the same images (one output per scale and a side-by-side grid);
         replaces ``scale``.
     :param scale_convention: ``paper`` (scale means the same at any step count and size) or ``raw`` (the
@@ -103,7 +105,7 @@ class SamplerSettings:
     :param max_retries: restarts of a diverged image with ``on_divergence: retry``.
     """
 
-    steps: str = "100"
+    steps: Union[int, str] = "100"
     scale: float = 8000.0
     scales: Optional[List[float]] = None
     scale_convention: str = "paper"
@@ -131,6 +133,15 @@ class SamplerSettings:
     max_retries: int = 2
 
     def __post_init__(self) -> None:
+        try:  # frozen: a number from YAML or the command line is kept as its string
+            object.__setattr__(self, "steps", respacing_string(self.steps))
+        except ValueError as e:
+            raise ConfigError(f"--model.sampler.steps {e}") from None
+        for name, values in (("scale", [self.scale]), ("scales", self.scales or [])):
+            bad = [v for v in values if not math.isfinite(float(v)) or float(v) < 0]
+            if bad:
+                raise ConfigError(f"--model.sampler.{name} {bad[0]:g}: give a scale >= 0 (a negative scale pushes "
+                                  "away from the observation; 0 turns the data guidance off)")
         if self.on_divergence not in ("flag", "retry", "keep"):
             raise ConfigError("--model.sampler.on_divergence must be 'flag', 'retry' or 'keep', got "
                               f"{self.on_divergence!r}")
@@ -230,7 +241,11 @@ class GDPModule(L.LightningModule):
         self.degradation = degradation
         self.quality = list(quality or [])
         self.quality_losses = nn.ModuleList([q.loss for q in self.quality])
-        self.diffusion = GaussianDiffusion.from_prior(prior, respacing=str(sampler.steps))
+        try:
+            self.diffusion = GaussianDiffusion.from_prior(prior, respacing=str(sampler.steps))
+        except ValueError as e:  # more steps than the prior was trained with
+            raise ConfigError(f"--model.sampler.steps: {e} (the prior has "
+                              f"{prior.diffusion.diffusion_steps} diffusion steps)") from None
         self.seed = int(seed)
         self.class_label, self.labels_file, self.random_labels = class_label, labels_file, random_labels
         self.precision_name, self.compile_unet = precision, compile
@@ -528,6 +543,8 @@ class GDPModule(L.LightningModule):
                 full = torch.where(gray, to_8bit(result.images.mean(1, keepdim=True)).expand_as(full), full)
             with torch.no_grad():
                 ax = self.degradation(full)[..., :oh, :ow]
+                # an image whose operator observes no pixel (an all-black mask) explains nothing: no consistency
+                blind_spot = (self.degradation(torch.ones_like(full))[..., :oh, :ow] == 0).flatten(1).all(1).tolist()
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
             kept = self.settings.on_divergence == "keep"
             keep = [b for b, d in enumerate(result.diverged) if d is None or kept]  # diverged: not scored
@@ -547,13 +564,18 @@ class GDPModule(L.LightningModule):
             total = self.diffusion.num_timesteps
             blind = any(k.split(".")[-1].startswith("kernel") for k in self.degradation.learnable_parameters())
             kernel_scores = blind_kernel_scores(phi, batch.get("true_kernel") if blind else None, len(items))
+            unseen = [n for n, b in zip(names, blind_spot) if b]
+            if unseen:
+                warn(f"{', '.join(unseen[:3])}{' and more' if len(unseen) > 3 else ''}: the mask observes no pixel; "
+                     "the output is the prior's invention and gets no consistency score")
             for b, item in enumerate(items):
                 entry = {
                     "scale": scale,
                     "image": restored[b].cpu(),
                     "phi": {k: v[b] if v.shape[0] == len(items) else v[0] for k, v in phi.items()},
                     "losses": {k: float(v[b]) for k, v in result.losses.items()},
-                    "metrics": {**{k: float(v[b]) for k, v in values.items()}, **kernel_scores[b]},
+                    "metrics": {**{k: float(v[b]) for k, v in values.items()
+                                   if not (blind_spot[b] and k.startswith("consistency"))}, **kernel_scores[b]},
                     "diverged": None,
                 }
                 if retries[b]:

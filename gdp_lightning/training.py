@@ -10,12 +10,13 @@ moving average (EMA) of the weights that sampling, validation and export use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .diffusion import GaussianDiffusion, randn
+from .diffusion.schedules import respacing_string
 from .errors import ConfigError
 
 __all__ = [
@@ -70,7 +71,7 @@ class TrainingSettings:
     ema_warmup: bool = True
     gradient_checkpointing: bool = False
     val_samples: int = 16
-    val_sample_steps: str = "50"
+    val_sample_steps: Union[int, str] = "50"
     baseline_validation: bool = True
 
     def __post_init__(self) -> None:
@@ -83,6 +84,10 @@ class TrainingSettings:
                               f"got {self.timestep_sampler!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--model.training.ema_decay must be in [0, 1), got {self.ema_decay}")
+        try:
+            object.__setattr__(self, "val_sample_steps", respacing_string(self.val_sample_steps))
+        except ValueError as e:
+            raise ConfigError(f"--model.training.val_sample_steps {e}") from None
         if self.val_samples < 0:
             raise ConfigError(f"--model.training.val_samples must be 0 or more, got {self.val_samples}")
 

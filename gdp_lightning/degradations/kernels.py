@@ -12,6 +12,7 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .files import read_array
 
 __all__ = ["gaussian_kernel", "gdp_gaussian_kernel", "uniform_kernel", "motion_kernel", "load_kernel", "kernel_width",
@@ -78,9 +79,11 @@ def load_kernel(path: Union[str, Path]) -> torch.Tensor:
     path = Path(path)
     k = read_array(path, "a blur kernel", "kernel", dtype=torch.float64, image_mode="F", text=True)
     if k.ndim != 2 or k.numel() == 0:
-        raise ValueError(f"{path}: a blur kernel must be a 2-D array, got shape {tuple(k.shape)}")
+        raise InputError(f"{path}: a blur kernel must be a 2-D array, got shape {tuple(k.shape)}")
+    if not bool(torch.isfinite(k).all()):
+        raise InputError(f"{path}: the blur kernel holds NaN or infinite values; give finite, non-negative weights")
     if (k < 0).any() or k.sum() <= 0:
-        raise ValueError(f"{path}: a blur kernel must be non-negative with a positive sum")
+        raise InputError(f"{path}: a blur kernel must be non-negative with a positive sum")
     return _normalized(k)
 
 

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from .files import read_array
 
 __all__ = ["random_mask", "box_mask", "load_mask", "permutation_mask"]
@@ -78,4 +78,16 @@ def load_mask(path: Union[str, Path]) -> torch.Tensor:
         m = m.mean(0 if m.shape[0] <= 4 else -1)
     if m.ndim != 2:
         raise InputError(f"{path}: an inpainting mask must be 2-D, got shape {tuple(m.shape)}")
-    return (m >= 0.5 if m.max() <= 1 else m > 0).float()
+    if not bool(torch.isfinite(m).all()):
+        raise InputError(f"{path}: the inpainting mask holds NaN or infinite values")
+    fraction = m.max() <= 1
+    mask = (m >= 0.5 if fraction else m > 0).float()
+    if fraction:
+        between = int(((m > 0) & (m < 1)).sum())
+        if between:
+            warn(f"{path}: the mask is not black and white ({between} of {m.numel()} pixels in between); pixels at "
+                 "least half white count as observed")
+    if not bool(mask.any()):
+        warn(f"{path}: the mask observes no pixel (all black: white = observed); the restoration will be the "
+             "prior's invention")
+    return mask

@@ -80,3 +80,20 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
             position += stride
         start += size
     return set(steps)
+
+
+def respacing_string(value) -> str:
+    """A step count given as a number (``50`` in YAML) or a respacing string, as the string; ``ValueError`` for
+    anything else (checks the form only: the diffusion checks the counts against its own steps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r}: give a step count >= 1 like 100, sections like '10,10,10', or 'ddim50'")
+    spec = str(value).strip()
+    counts = spec[len("ddim"):] if spec.startswith("ddim") else spec
+    try:
+        valid = all(int(c) >= 1 for c in counts.split(",")) and (counts == spec or "," not in counts)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{value!r}: give a step count >= 1 like 100, sections like '10,10,10', or 'ddim50'")
+    return spec
+

@@ -51,15 +51,43 @@ class CheckpointError(ValueError):
     """A checkpoint could not be read or does not fit the model (one-line message)."""
 
 
-def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
-    """``torch.load`` the file on the CPU, safely unless ``trust_checkpoint``; clear errors otherwise."""
+def _file_kind(path: Path) -> Optional[str]:
+    """What a file that is not a PyTorch checkpoint is, from its first bytes (``None``: it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle
+        return None
+    kinds = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+             (b"\x1f\x8b", "a gzip archive"), (b"\x93NUMPY", "a NumPy array file"), (b"\x89HDF", "an HDF5 file"))
+    for magic, kind in kinds:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "a safetensors file (load it with safetensors and torch.save its state dict)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "a web page (a failed download?)"
+    if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "a text file"
+    return "not a PyTorch file"
+
+
+def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False,
+                    trust_option: str = "trust_checkpoint=True (gdp: --model.trust_checkpoint true)") -> Any:
+    """``torch.load`` the file on the CPU, safely unless ``trust_checkpoint``; clear errors otherwise.
+    ``trust_option``: how the caller's user allows pickles (named in the message when safe loading refuses)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file; check the path (--model.prior.checkpoint)")
+        where = "" if path.is_absolute() else f" (relative to the working folder {Path.cwd()})"
+        raise CheckpointError(f"{path}: no such checkpoint file{where}; check the path or give an absolute one")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file; give the path of a .pt checkpoint")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty; download it again")
+    kind = _file_kind(path)
+    if kind is not None:
+        kind = kind if kind.startswith("not ") else f"it is {kind}"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({kind}); give the .pt file of the weights")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
@@ -67,8 +95,8 @@ def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
         raise CheckpointError(
             f"{path}: holds pickled Python objects that safe loading (torch.load weights_only=True) refuses "
-            f"({_first_line(e)}); if you trust the file's source, set trust_checkpoint=True "
-            "(--model.prior.trust_checkpoint true), or re-save its state dict with torch.save(model.state_dict())"
+            f"({_first_line(e)}); if you trust the file's source, allow them with {trust_option}, or re-save its "
+            "state dict with torch.save(model.state_dict())"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(
@@ -210,9 +238,10 @@ def load_prior_weights(
     """Load ``checkpoint`` into the UNet ``model`` built from ``spec`` (strict; clear errors that say where the
     released weights come from when the file is missing)."""
     if not Path(checkpoint).exists() and spec.source:
+        where = "" if Path(checkpoint).is_absolute() else f" (relative to the working folder {Path.cwd()})"
         raise CheckpointError(
-            f"{checkpoint}: no such checkpoint file; the weights of prior {spec.name or ''!s} "
-            f"({spec.checkpoint}) come from {spec.source}; give their path with --model.prior.checkpoint"
+            f"{checkpoint}: no such checkpoint file{where}; the weights of prior {spec.name or ''!s} come from "
+            f"{spec.source}; give their path with --model.prior.checkpoint"
         )
     obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
     state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
@@ -253,7 +282,7 @@ def export_checkpoint(
     A ``gdp fit`` checkpoint records its prior: the weights are checked against the UNet of that prior (strictly,
     on the meta device) before anything is written.
     """
-    obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, trust_option="gdp export --trust_checkpoint")
     state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
     if _ANCHOR not in state_dict:
         raise CheckpointError(f"{checkpoint}: holds no guided-diffusion UNet (no {_ANCHOR}); give a gdp fit checkpoint "
