@@ -17,16 +17,18 @@ ends with one line naming them and exit status 3.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import __version__
 from .callbacks import RestorationWriter, TrajectoryLogger
 from .data import GDPDataModule
-from .errors import GDPError
+from .errors import ConfigError, GDPError
 from .module import GDPModule
 
 __all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_DIVERGED"]
@@ -50,9 +52,60 @@ TRAINER_DEFAULTS = {
 }
 
 
+SUBCOMMANDS = {
+    "predict": "Restore the images of --data.input_dir (or --data.files) and write them to --writer.output_dir.",
+    "test": "Restore clean images degraded by the task (--data.mode synthetic) and score them against them.",
+    "validate": "Restore clean images degraded by the task and score them (as test; Lightning's validate loop).",
+    "fit": "Fine-tune the prior on clean images of a new domain (--config configs/finetune.yaml).",
+}
+EXPORT_HELP = "Write a fit checkpoint's EMA weights as a plain guided-diffusion state dict."
+
+#: option prefixes left out of a subcommand's short --help (shown by --help-all)
+ADVANCED = ("trainer.", "seed_everything", "optimizer", "lr_scheduler")
+FIT_ONLY = ("model.training.", "data.val_dir", "data.val_split", "data.epoch_size", "data.train_scales",
+            "data.flip")
+
+
+class _FullHelp(argparse.Action):
+    """``--help-all``: every option, the trainer's included."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.full_help = True
+        parser.print_help()
+        parser.exit()
+
+
 class GDPArgumentParser(LightningArgumentParser):
     """Option errors (an unknown key, a wrong type, a missing file) end with one ``gdp: error: ...`` line and
-    exit status 2, like every other user error, instead of the whole usage text."""
+    exit status 2, like every other user error, instead of the whole usage text. A subcommand's ``--help`` shows
+    the project's options; ``--help-all`` adds the trainer's and those of other subcommands."""
+
+    full_help = False
+    subcommand: Optional[str] = None
+
+    def format_help(self) -> str:
+        if self.full_help or self.subcommand is None:
+            return super().format_help()
+        hidden = ADVANCED + (() if self.subcommand == "fit" else FIT_ONLY)
+        changed = []
+        for action in self._actions:
+            dest = str(action.dest)
+            if action.help != argparse.SUPPRESS and (dest.startswith(hidden) or f"{dest}." in hidden):
+                changed.append((action, action.help))
+                action.help = argparse.SUPPRESS
+        usage, epilog = self.usage, self.epilog
+        self.usage = f"gdp {self.subcommand} [--config FILE] [options]"
+        self.epilog = ("Shown: the project's options. --help-all also shows the trainer's (--trainer.*: devices, "
+                       "precision, logger, ...)" + ("" if self.subcommand == "fit" else " and fit's") + ".")
+        try:
+            return super().format_help()
+        finally:
+            self.usage, self.epilog = usage, epilog
+            for action, text in changed:
+                action.help = text
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if os.environ.get("GDP_DEBUG") or not self.exit_on_error:
@@ -85,6 +138,36 @@ class GDPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
+        parser.add_argument("--help-all", action=_FullHelp, help="Show every option, the trainer's included, and exit.")
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """The subcommands with the project's own one-line descriptions, and ``export`` (run by :func:`main`)."""
+        self._subcommand_parsers = {}
+        subcommands = parser.add_subcommands()
+        for subcommand in self.subcommands():
+            description = SUBCOMMANDS.get(subcommand, subcommand)
+            options = {"description": description, **kwargs.get(subcommand, {})}
+            subparser = self._prepare_subcommand_parser(self.trainer_class, subcommand, **options)
+            subparser.subcommand = subcommand
+            self._subcommand_parsers[subcommand] = subparser
+            subcommands.add_subcommand(subcommand, subparser, help=description)
+        export = GDPArgumentParser(description=EXPORT_HELP + " Usage: gdp export CHECKPOINT OUTPUT [--dtype float16]")
+        subcommands.add_subcommand("export", export, help=EXPORT_HELP)
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.default_root_dir DIR``: the logger's relative ``save_dir`` (``logs`` in the configs) lies in
+        DIR, so the TensorBoard logs, checkpoints and default outputs all go there."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        if not root:
+            return
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init = logger.get("init_args") if hasattr(logger, "get") else None
+            save_dir = init.get("save_dir") if init is not None else None
+            if isinstance(save_dir, (str, os.PathLike)) and not Path(save_dir).is_absolute():
+                init["save_dir"] = str(Path(root) / save_dir)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: the checkpoint's stored hyper-parameters fill in the model options, but every option the
@@ -157,12 +240,33 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def check_config_files(args: Sequence[str]) -> None:
+    """Every ``--config FILE`` is a readable text file (the parser would print a traceback for a binary one)."""
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            continue  # jsonargparse also takes inline YAML here, and names a missing file itself
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {value}: not a text file; give a YAML config (configs/ has examples)") from None
+        except OSError as e:
+            raise ConfigError(f"--config {value}: cannot read it ({e.strerror or e})") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gdp``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["export"]:
             return export_main(args[1:])
+        check_config_files(args)
         cli = GDPCLI(args=argv)
     except USER_ERRORS as e:
         if os.environ.get("GDP_DEBUG"):
