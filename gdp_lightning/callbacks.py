@@ -241,6 +241,7 @@ class RestorationWriter(Callback):
         # a run that fails before it starts leaves the record of the run that made the outputs
         if trainer.is_global_zero and not torch.is_inference_mode_enabled():
             self.write_run_record(trainer, pl_module, stage)
+            self._record_rejected(trainer)
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._start(trainer, pl_module, "predict")
@@ -309,10 +310,27 @@ class RestorationWriter(Callback):
     def _write(self, outputs: Optional[Dict[str, Any]]) -> None:
         if not outputs or "items" not in outputs:
             return
+        for failure in outputs.get("failed", []):
+            self.write_failure(failure)
         for item in outputs["items"]:
             self.write_item(item)
         # the loop keeps what predict_step returned: keep it small on long runs
         outputs["items"] = [{"name": item["name"]} for item in outputs["items"]]
+
+    def write_failure(self, failure: Dict[str, Any]) -> None:
+        """The record of an input that could not be restored (``failure``: ``name``, ``index``, ``path``,
+        ``error``): no image, ``"failed": true`` and why; a rerun tries it again."""
+        _json_dump(self.directory / f"{failure['name']}.json", {
+            "name": failure["name"], "input": failure.get("path"), "index": failure.get("index"),
+            "process": self._rank, "failed": True, "error": failure["error"], "results": []})
+
+    def _record_rejected(self, trainer: "L.Trainer") -> None:
+        """Inputs the data module left out (a file that cannot be used): recorded as failed, unless an earlier
+        run restored them."""
+        for item, problem in getattr(trainer.datamodule, "rejected", None) or []:
+            if not self.is_done(item.name):
+                self.write_failure({"name": item.name, "index": item.index, "path": str(item.paths[0]),
+                                    "error": problem})
 
     def write_item(self, item: Dict[str, Any]) -> None:
         name = item["name"]
@@ -440,18 +458,23 @@ class RestorationWriter(Callback):
             if not path.is_file():
                 continue
             record = json.loads(path.read_text())
+            if record.get("error"):  # an input that could not be used: no result
+                rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
+                failed.append(f"{name} ({record['error']})")
+                indices[name] = record.get("index", len(indices))
+                continue
             for entry in record.get("results", []):
                 if entry.get("diverged") and "output" not in entry:
-                    rows.append({"name": name, "scale": entry["scale"], "diverged": 1,
-                                 "diverged_step": entry.get("diverged_step")})
-                    failed.append(f"{name} (step {entry.get('diverged_step')} of {entry.get('steps')})")
+                    rows.append({"name": name, "scale": entry["scale"], "diverged": 1, "failed": 1,
+                                 "diverged_step": entry.get("diverged_step"), "error": "diverged"})
+                    failed.append(f"{name} (diverged at step {entry.get('diverged_step')} of {entry.get('steps')})")
                 elif "metrics" in entry:
                     rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
-                                 "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
+                                 "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
                 else:
                     continue
                 indices[name] = record.get("index", len(indices))
-        extra = ["diverged", "diverged_step"]
+        extra = ["diverged", "diverged_step", "failed", "error"]
         columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale", *extra}) + extra
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -460,11 +483,11 @@ class RestorationWriter(Callback):
         with atomic_path(self.directory / "metrics.csv") as tmp:
             tmp.write_text(buffer.getvalue())
         means: Dict[str, Dict[str, float]] = {}
-        for scale in sorted({r["scale"] for r in rows}):
+        for scale in sorted({r["scale"] for r in rows if r["scale"] is not None}):
             chosen = [r for r in rows if r["scale"] == scale]
             means[f"{scale:g}"] = {
                 k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
-                for k in columns[2:] if k != "diverged_step"
+                for k in columns[2:] if k not in ("diverged_step", "failed", "error")
             }
         summary = {"images": len({r["name"] for r in rows}), "failed": failed, "mean_by_scale": means,
                    "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
@@ -479,9 +502,11 @@ class RestorationWriter(Callback):
         ``predict/mean_<metric>`` (step 0); with a scale sweep, one series per scale (``.../s<scale>``)."""
         sweep = len(means) > 1
         for row in rows:
+            if row["scale"] is None:  # an input that could not be used
+                continue
             suffix = f"/s{row['scale']:g}" if sweep else ""
             values = {f"predict/{k}{suffix}": float(v) for k, v in row.items()
-                      if k not in ("name", "scale") and v is not None}
+                      if k not in ("name", "scale", "error", "failed") and v is not None}
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=indices[row["name"]])
         for scale, mean in means.items():

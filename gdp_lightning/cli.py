@@ -10,8 +10,9 @@ Configs compose left to right; every option can be overridden on the command lin
 ``data`` and ``trainer``, the options hold ``writer`` (:class:`RestorationWriter`: where the outputs go,
 resume) and ``trajectory`` (:class:`TrajectoryLogger`: what goes to TensorBoard).
 User errors (a missing folder, an unreadable image, a checkpoint of another architecture, an impossible
-option) end with one line ``gdp: error: ...`` and exit status 2; ``GDP_DEBUG=1`` shows the traceback. A run that
-restored every image but some diverged (no output for them; see :mod:`gdp_lightning.sampling.divergence`)
+option) end with one line ``gdp: error: ...`` and exit status 2, before anything is restored; ``GDP_DEBUG=1`` shows
+the traceback. A run that restored its inputs but left some without output (their restoration diverged, see
+:mod:`gdp_lightning.sampling.divergence`, or a file of theirs could not be used: recorded, the others restored)
 ends with one line naming them and exit status 3.
 """
 
@@ -31,10 +32,12 @@ from .data import GDPDataModule
 from .errors import ConfigError, GDPError
 from .module import GDPModule
 
-__all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_DIVERGED"]
+__all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED"]
 
-#: exit status of a run that finished but left some images without output because their restoration diverged
-EXIT_DIVERGED = 3
+#: exit status of a run that finished but left some inputs without output (their restoration diverged, or a file of
+#: theirs could not be used): the others are restored, the records say why
+EXIT_FAILED = 3
+EXIT_DIVERGED = EXIT_FAILED
 
 DESCRIPTION = (
     "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
@@ -278,17 +281,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _failures(cli: GDPCLI) -> int:
-    """Exit status 3 with one line when some images diverged (their records say where; a rerun retries them)."""
+    """Exit status 3 with one line when some inputs have no output: their restoration diverged, or a file of theirs
+    could not be used (their records say why; a rerun tries them again)."""
     trainer = getattr(cli, "trainer", None)
     writers = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, RestorationWriter)]
     failed = [name for w in writers for name in w.failed]
     if not failed:
         return 0
-    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-    print(f"gdp: {len(failed)} restoration(s) diverged and have no output: {shown}; their records in "
-          f"{writers[0].directory} say where. Rerun to retry them, with a smaller --model.sampler.scale or "
-          "--model.sampler.on_divergence retry", file=sys.stderr)
-    return EXIT_DIVERGED
+    shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+    diverged = any("diverged at step" in f for f in failed)
+    advice = (" (diverged: a smaller --model.sampler.scale or --model.sampler.on_divergence retry)"
+              if diverged else "")
+    print(f"gdp: {len(failed)} input(s) have no output: {shown}. Their records in {writers[0].directory} say "
+          f"why; fix them and rerun to restore only those{advice}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

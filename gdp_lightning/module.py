@@ -500,8 +500,8 @@ class GDPModule(L.LightningModule):
         """Restore one batch for every scale; returns ``{"items": [...], "stage": stage}`` (one dict per image)."""
         self.require_gradients()
         names = list(batch["name"])
-        if not names:  # the empty batch of a process with nothing to do (see ShardSampler)
-            return {"items": [], "stage": stage}
+        if not names:  # the empty batch of a process with nothing to do (see ShardSampler), or all failed
+            return {"items": [], "failed": list(batch.get("failed", [])), "stage": stage}
         indices = [int(i) for i in batch["index"]]
         y = self._observation(batch)
         oh, ow = y.shape[-2:]
@@ -585,7 +585,19 @@ class GDPModule(L.LightningModule):
                     if not kept:  # no output
                         entry.update(image=None, metrics={})
                 item["results"].append(entry)
-        return {"items": items, "stage": stage}
+        return {"items": items, "failed": list(batch.get("failed", [])), "stage": stage}
+
+    def _restore_or_fail(self, batch: Dict[str, Any], batch_idx: int, stage: str) -> Dict[str, Any]:
+        """:meth:`restore_batch`, where a problem of these inputs (an :class:`InputError`: kernels of different
+        sizes in one batch, ...) fails them alone: they are recorded as failed and the run goes on."""
+        try:
+            return self.restore_batch(batch, batch_idx, stage)
+        except InputError as e:
+            reason = " ".join(str(e).split())
+            failed = list(batch.get("failed", [])) + [
+                {"name": n, "index": int(i), "path": p, "error": reason}
+                for n, i, p in zip(batch["name"], batch["index"], batch.get("path", [None] * len(batch["name"])))]
+            return {"items": [], "failed": failed, "stage": stage}
 
     def _restore_with_retries(self, y: torch.Tensor, seeds: List[int], labels: Optional[torch.Tensor], scale: float,
                               context: "StepContext", size: Optional[Tuple[int, int]] = None) -> tuple:
@@ -632,10 +644,10 @@ class GDPModule(L.LightningModule):
         return torch.stack([item["results"][0]["image"] for item in out["items"]])
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
-        return self.restore_batch(batch, batch_idx, "predict")
+        return self._restore_or_fail(batch, batch_idx, "predict")
 
     def _eval_step(self, batch: Dict[str, Any], batch_idx: int, stage: str) -> Dict[str, Any]:
-        out = self.restore_batch(batch, batch_idx, stage)
+        out = self._restore_or_fail(batch, batch_idx, stage)
         suffixes = self._scale_suffixes()
         for k, suffix in enumerate(suffixes):
             for item in out["items"]:
@@ -837,7 +849,7 @@ class GDPModule(L.LightningModule):
         if batch_idx != 0 or self._val_preview is not None or "x" not in batch:
             return
         restored = [item["results"][0]["image"] for item in out["items"]]
-        if any(r is None for r in restored):
+        if not restored or len(restored) != len(batch["x"]) or any(r is None for r in restored):
             return
         self._val_preview = {"x": batch["x"].cpu(), "y": batch["y"][:, :3].cpu(), "restored": torch.stack(restored)}
 

@@ -158,7 +158,7 @@ def test_the_command_reports_failed_images_and_a_rerun_retries_them(two_crops, s
     assert len(failed) == 1, records
     bad, good = failed[0], ({"a", "b"} - set(failed)).pop()
     line = [ln for ln in err.splitlines() if ln.startswith("gdp: ")][-1]
-    assert "1 restoration(s) diverged" in line and bad in line and str(out) in line and "on_divergence retry" in line
+    assert "1 input(s) have no output" in line and "diverged at step" in line and bad in line and str(out) in line and "on_divergence retry" in line
     assert not (out / f"{bad}.png").exists() and (out / f"{good}.png").is_file()
     entry = records[bad]["results"][0]
     assert entry["diverged"] is True and 1 <= entry["diverged_step"] <= 20 and entry["steps"] == 20

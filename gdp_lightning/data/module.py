@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..degradations import Degradation, load_kernel, load_mask
 from .batching import EMPTY_BATCH, ShardSampler, group_batches
 from .datasets import InputItem, check_image, find_inputs, image_size
+from ..errors import warn
 from .images import DataError, read_image
 from .training import CropSampler, TrainingCrops
 
@@ -143,13 +144,28 @@ class RestorationBatches(Dataset):
         return {"y": quantize_observation(y.detach().float(), self.quantize), "x": x, "image": image,
                 "true_kernel": kernels[0] if kernels else None}
 
+    def _make(self, item: InputItem, size: Tuple[int, int]) -> Dict[str, Any]:
+        made = (self._synthetic if self.degradation is not None else self._real)(item, size)
+        height, width = made["y"].shape[-2:]
+        made["mask"] = None if item.mask is None else _load_mask(item, (height, width))
+        made["kernel"] = None if item.kernel is None else _load_kernel(item)
+        return made
+
     def __getitem__(self, batch_index: int) -> Dict[str, Any]:
         if batch_index == EMPTY_BATCH:  # a process with nothing to do (see ShardSampler)
             return {"name": [], "index": torch.zeros(0, dtype=torch.long)}
         positions = self.batches[batch_index]
-        items = [self.items[p] for p in positions]
-        made = [(self._synthetic if self.degradation is not None else self._real)(item, self.sizes[p])
-                for item, p in zip(items, positions)]
+        items, made, failed = [], [], []
+        for p in positions:  # an input that cannot be read now (replaced during the run) fails alone
+            item = self.items[p]
+            try:
+                made.append(self._make(item, self.sizes[p]))
+                items.append(item)
+            except DataError as e:
+                failed.append({"name": item.name, "index": item.index, "path": str(item.paths[0]),
+                               "error": " ".join(str(e).split())})
+        if not items:
+            return {"name": [], "index": torch.zeros(0, dtype=torch.long), "failed": failed}
         batch: Dict[str, Any] = {
             "y": torch.stack([m["y"] for m in made]),
             "name": [item.name for item in items],
@@ -159,18 +175,18 @@ class RestorationBatches(Dataset):
             "mode": [m["image"].mode for m in made],
             "alpha": [m["image"].alpha for m in made],
         }
+        if failed:
+            batch["failed"] = failed
         if self.degradation is not None:
             batch["x"] = torch.stack([m["x"] for m in made])
             if any(m["true_kernel"] is not None for m in made):
                 batch["true_kernel"] = [m["true_kernel"] for m in made]
         height, width = batch["y"].shape[-2:]
-        if any(item.mask is not None for item in items):
-            batch["mask"] = torch.stack([
-                torch.ones(1, height, width) if item.mask is None else _load_mask(item, (height, width))[None]
-                for item in items
-            ])
-        if any(item.kernel is not None for item in items):
-            batch["kernel"] = [None if item.kernel is None else _load_kernel(item) for item in items]
+        if any(m["mask"] is not None for m in made):
+            batch["mask"] = torch.stack([torch.ones(1, height, width) if m["mask"] is None else m["mask"][None]
+                                         for m in made])
+        if any(m["kernel"] is not None for m in made):
+            batch["kernel"] = [m["kernel"] for m in made]
         return batch
 
 
@@ -190,6 +206,22 @@ def _load_kernel(item: InputItem) -> Tensor:
         return load_kernel(item.kernel)
     except (ValueError, OSError) as e:
         raise _side_file_error(e) from None
+
+
+def _check_item(item: InputItem) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+    """``(size, None)`` for an input whose files all read (images decoded whole, side files parsed and of the
+    image's size), else ``(None, reason)``."""
+    try:
+        size = image_size(item.paths[0])
+        for path in item.paths:
+            check_image(path)
+        if item.mask is not None:
+            _load_mask(item, size)
+        if item.kernel is not None:
+            _load_kernel(item)
+        return size, None
+    except DataError as e:
+        return None, " ".join(str(e).split())
 
 
 def _parallel(function: Callable, arguments: Sequence) -> list:
@@ -314,6 +346,8 @@ class GDPDataModule(L.LightningDataModule):
         self.items: List[InputItem] = []
         #: the batches to run: positions into :attr:`items` (in predict, without the inputs already done)
         self.batches: List[List[int]] = []
+        #: inputs left out because a file of theirs cannot be used, with the reason (see :meth:`_discover`)
+        self.rejected: List[Tuple[InputItem, str]] = []
         #: every input's ``(H, W)`` (synthetic: after the crop)
         self.sizes: List[Tuple[int, int]] = []
         self._all_batches: List[List[int]] = []
@@ -340,7 +374,7 @@ class GDPDataModule(L.LightningDataModule):
                             "--data.degradation (or run with a model that has a degradation)")
         operator = copy.deepcopy(operator).cpu()
         if not given:
-            height, width = self.sizes[0]
+            height, width = next((size for size in self.sizes if size != (0, 0)), self.sizes[0])
             generator = torch.Generator().manual_seed(item_seed(self.seed, 0))
             operator.init_parameters(1, height, width, [generator], None)
             if operator.learnable_parameters():
@@ -362,21 +396,28 @@ class GDPDataModule(L.LightningDataModule):
                                 f"{expected}; give scenes of {expected} exposures")
 
     def _discover(self) -> None:
+        """Find the inputs and check every one (decoded whole, side files read) before anything is restored. An
+        input that fails is left out and listed in :attr:`rejected` with its one-line reason (the writer records
+        it as failed, the others are restored); when every input fails, the first reason is raised."""
         synthetic = self.mode == "synthetic"
         self.items = find_inputs(self.input_dir, self.files, recursive=self.recursive,
                                  exposure_folders=self.exposure_folders, list_file=self.list_file,
                                  side_files=not synthetic)
-        file_sizes = _parallel(image_size, [item.paths[0] for item in self.items])
-        _parallel(check_image, [path for item in self.items for path in item.paths])
-        for item, size in zip(self.items, file_sizes):
-            if item.mask is not None:
-                _load_mask(item, size)
-            if item.kernel is not None:
-                _load_kernel(item)
+        checked = _parallel(_check_item, self.items)
+        self.rejected = [(item, problem) for item, (_, problem) in zip(self.items, checked) if problem is not None]
+        if len(self.rejected) == len(self.items):
+            raise DataError(self.rejected[0][1] + ("" if len(self.items) == 1 else
+                                                   f" (and every other of the {len(self.items)} inputs fails too)"))
+        for item, problem in self.rejected[:5]:
+            warn(f"{problem}; {item.name} is left out and recorded as failed")
+        if len(self.rejected) > 5:
+            warn(f"{len(self.rejected) - 5} more inputs fail their check and are left out")
+        file_sizes = [size if size is not None else (0, 0) for size, _ in checked]
         self.sizes = [(self.crop_size, self.crop_size) for _ in self.items] if self.crop_size else file_sizes
+        good = [p for p, (_, problem) in enumerate(checked) if problem is None]
         # the exposure count is part of the key so that scenes of one size but different counts never share a batch
-        keys = [(h, w, len(item.paths)) for (h, w), item in zip(self.sizes, self.items)]
-        self._all_batches = group_batches(keys, self.batch_size)
+        keys = [(*self.sizes[p], len(self.items[p].paths)) for p in good]
+        self._all_batches = [[good[k] for k in batch] for batch in group_batches(keys, self.batch_size)]
         self._prepared = True
 
     def _model_image_size(self) -> Optional[int]:
