@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -34,6 +35,7 @@ from .diffusion import GaussianDiffusion, randn
 from .diffusion.schedules import respacing_string
 from .errors import ConfigError, GDPError, InputError, warn
 from .metrics import ImageMetrics, to_8bit
+from .resources import available_bytes, estimate_bytes, format_bytes, format_seconds
 from .prior import PriorSpec, load_prior_weights
 from .sampling import GDPResult, GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 from .training import (
@@ -605,8 +607,14 @@ class GDPModule(L.LightningModule):
         the scale (the whole batch runs, the others' results are kept: each image's result depends on its seed
         only), up to ``max_retries`` times. Returns the result and, per image, its retries and the scale used."""
         n = y.shape[0]
-        result = self.make_sampler(scale).restore(y, seeds=seeds, labels=labels, image_size=size,
-                                                  on_step=lambda info: self._on_step(info, context))
+        clock = time.monotonic()
+
+        def on_step(info: StepInfo) -> None:
+            if info.step == 1:  # a long restoration says how long it will take
+                self._announce_duration(time.monotonic() - clock, info, context, tuple(size or y.shape[-2:]))
+            self._on_step(info, context)
+
+        result = self.make_sampler(scale).restore(y, seeds=seeds, labels=labels, image_size=size, on_step=on_step)
         retries, used = [0] * n, [scale] * n
         attempt, current = 0, scale
         while self.settings.on_divergence == "retry" and attempt < self.settings.max_retries:
@@ -619,6 +627,37 @@ class GDPModule(L.LightningModule):
             for b in redo:
                 retries[b], used[b] = attempt, current
         return result, retries, used
+
+    @staticmethod
+    def _announce_duration(first: float, info: StepInfo, context: StepContext, size: Tuple[int, int]) -> None:
+        """One line when the batch will take more than two minutes (from its first step's time)."""
+        total = first * info.total
+        if total < 120:
+            return
+        from lightning.pytorch.utilities import rank_zero_info
+
+        names = ", ".join(context.names[:3]) + (" ..." if len(context.names) > 3 else "")
+        rank_zero_info(f"{names} ({size[1]}x{size[0]}): step 1 of {info.total} took {format_seconds(first)}; "
+                       f"this restoration needs about {format_seconds(total)}")
+
+    def _check_memory(self) -> None:
+        """Warn before the first restoration when the largest batch would need more memory than is free."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        batches, sizes = getattr(datamodule, "batches", None), getattr(datamodule, "sizes", None)
+        restored = getattr(datamodule, "restored_size", None)
+        if not batches or not sizes or restored is None:
+            return
+        pixels = [sum(math.prod(restored(*sizes[p])) for p in batch) for batch in batches]
+        largest = max(range(len(batches)), key=pixels.__getitem__)
+        weights = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+        need, free = estimate_bytes(pixels[largest], model_bytes=weights), available_bytes(self.device)
+        if free is None or need <= free:
+            return
+        item = datamodule.items[batches[largest][0]]
+        height, width = restored(*sizes[batches[largest][0]])
+        warn(f"{item.paths[0]} ({width}x{height}{', with its batch' if len(batches[largest]) > 1 else ''}) needs "
+             f"about {format_bytes(need)} to restore and {format_bytes(free)} is free: the run may be killed for "
+             "memory; give --data.max_pixels to leave such inputs out, or a smaller --data.batch_size")
 
     def _on_step(self, info: StepInfo, context: StepContext) -> None:
         trainer = self._trainer
@@ -731,6 +770,7 @@ class GDPModule(L.LightningModule):
     def _start_restoring(self) -> None:
         self._require_weights()
         self.require_gradients()
+        self._check_memory()
         if self._metrics is not None:  # LPIPS and FID networks run where the model runs
             self._metrics.to(self.device)
 

@@ -68,6 +68,14 @@ def test_tiler_merge_averages_and_split_roundtrips():
     ones[: tiler.num_tiles] *= 3  # every tile of the first image says 3
     merged = tiler.merge(ones)
     assert torch.allclose(merged[0], torch.full((3, 45, 37), 3.0)) and torch.allclose(merged[1], torch.ones(3, 45, 37))
+    # in groups (what the sampler does, to keep memory to one group): the same tiles and exactly the same merge
+    values = torch.rand_like(tiles)
+    sums = torch.zeros(2, 3, 45, 37)
+    for start in range(0, len(tiles), 5):
+        positions = list(range(start, min(len(tiles), start + 5)))
+        assert torch.equal(tiler.tiles_at(x, positions), tiles[positions])
+        tiler.accumulate(sums, values[positions], positions)
+    assert torch.equal(tiler.average(sums), tiler.merge(values))
 
 
 class PointwiseUNet(nn.Module):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ..errors import warn
 from .images import DataError, cannot_read, exif_orientation, oriented_size, truncated_files_fail
 
 __all__ = [
@@ -39,6 +40,9 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: image formats met in photo folders that are not inputs (animated or camera formats): left out with a warning
+UNSUPPORTED_IMAGES: Tuple[str, ...] = (".gif", ".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".nef", ".arw",
+                                       ".raw", ".exr", ".hdr", ".svg", ".ico")
 MASK_EXTENSIONS: Tuple[str, ...] = (".png", ".npy")
 KERNEL_EXTENSIONS: Tuple[str, ...] = (".png", ".npy", ".txt")
 _SIDE_FILE_EXTENSIONS = {"mask": MASK_EXTENSIONS, "kernel": KERNEL_EXTENSIONS}
@@ -296,9 +300,12 @@ def find_inputs(
             items = _scene_items(folder)
         else:
             named_items = []
+            unsupported: List[Path] = []
             for directory, dir_files in _walk_images(folder, recursive):
                 listing = _folder_side_files(dir_files) if side_files else {}
                 for path in dir_files:
+                    if path.suffix.lower() in UNSUPPORTED_IMAGES:
+                        unsupported.append(path)
                     if not _is_image(path) or _side_kind(path) is not None:
                         continue
                     name = path.relative_to(folder).with_suffix("").as_posix()
@@ -307,6 +314,10 @@ def find_inputs(
                         sides = _side_files(path, listing)
                         item.mask, item.kernel = sides["mask"], sides["kernel"]
                     named_items.append(item)
+            if unsupported:
+                shown = ", ".join(p.name for p in unsupported[:3]) + (" ..." if len(unsupported) > 3 else "")
+                warn(f"{folder}: {len(unsupported)} image file(s) of a format the inputs do not take are left out "
+                     f"({shown}); convert them to PNG to restore them")
             if not named_items:
                 raise _no_images(where)
             _check_unique([(item.name, item.paths[0]) for item in named_items])

@@ -282,6 +282,9 @@ class GDPDataModule(L.LightningDataModule):
     :param train_scales: ``gdp fit``: the range of scales of the random crops (crop side / cut region side,
         log-uniform): ``[0.25, 1]`` cuts regions of 1 to 4 times the prior's size and resizes them to it.
     :param flip: ``gdp fit``: flip half of the crops horizontally.
+    :param max_pixels: leave out (and record as failed) inputs that restore to more pixels than this (the
+        memory of a restoration grows with its pixels: about 400 bytes each, see :mod:`gdp_lightning.resources`;
+        without a limit, a batch estimated to need more memory than is free gets a warning before it starts).
 
     In ``gdp fit``, ``input_dir`` (or ``files``) holds the clean training images, of any sizes: each training
     sample is a random crop at the prior's resolution (see :class:`.TrainingCrops`: seeded by ``(seed, sample)``,
@@ -307,8 +310,12 @@ class GDPDataModule(L.LightningDataModule):
         epoch_size: int = 1000,
         train_scales: Tuple[float, float] = (0.25, 1.0),
         flip: bool = True,
+        max_pixels: Optional[int] = None,
     ):
         super().__init__()
+        if max_pixels is not None and max_pixels < 1:
+            raise DataError(f"--data.max_pixels {max_pixels}: give a positive pixel count (or leave it unset)")
+        self.max_pixels = max_pixels
         if mode not in MODES:
             raise DataError(f"--data.mode {mode!r}: choose one of {', '.join(MODES)}")
         if quantize not in QUANTIZATIONS:
@@ -404,6 +411,9 @@ class GDPDataModule(L.LightningDataModule):
                                  exposure_folders=self.exposure_folders, list_file=self.list_file,
                                  side_files=not synthetic)
         checked = _parallel(_check_item, self.items)
+        if self.max_pixels is not None:
+            checked = [self._check_pixels(item, size) if problem is None else (size, problem)
+                       for item, (size, problem) in zip(self.items, checked)]
         self.rejected = [(item, problem) for item, (_, problem) in zip(self.items, checked) if problem is not None]
         if len(self.rejected) == len(self.items):
             raise DataError(self.rejected[0][1] + ("" if len(self.items) == 1 else
@@ -419,6 +429,20 @@ class GDPDataModule(L.LightningDataModule):
         keys = [(*self.sizes[p], len(self.items[p].paths)) for p in good]
         self._all_batches = [[good[k] for k in batch] for batch in group_batches(keys, self.batch_size)]
         self._prepared = True
+
+    def restored_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The size an input of ``height × width`` restores to (the operator's input size in real mode)."""
+        operator = self._model_operator() if self.mode == "real" else None
+        return tuple(operator.input_size(height, width)) if operator is not None else (height, width)
+
+    def _check_pixels(self, item: InputItem, size: Tuple[int, int]) -> Tuple[Tuple[int, int], Optional[str]]:
+        height, width = (self.crop_size, self.crop_size) if self.crop_size else size
+        rh, rw = self.restored_size(height, width)
+        if rh * rw <= self.max_pixels:
+            return size, None
+        return size, (f"{item.paths[0]}: restores to {rw}x{rh} = {rh * rw / 1e6:.1f} megapixels, more than "
+                      f"--data.max_pixels {self.max_pixels} ({self.max_pixels / 1e6:.1f} megapixels); raise the limit "
+                      "or give a smaller image")
 
     def _model_image_size(self) -> Optional[int]:
         try:

@@ -86,14 +86,15 @@ def respacing_string(value) -> str:
     """A step count given as a number (``50`` in YAML) or a respacing string, as the string; ``ValueError`` for
     anything else (checks the form only: the diffusion checks the counts against its own steps)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{value!r}: give a step count >= 1 like 100, sections like '10,10,10', or 'ddim50'")
+        raise ValueError(f"{value!r}: give a step count >= 2 like 100, sections like '10,10,10', or 'ddim50'")
     spec = str(value).strip()
     counts = spec[len("ddim"):] if spec.startswith("ddim") else spec
     try:
-        valid = all(int(c) >= 1 for c in counts.split(",")) and (counts == spec or "," not in counts)
+        numbers = [int(c) for c in counts.split(",")]
+        valid = all(c >= 1 for c in numbers) and sum(numbers) >= 2 and (counts == spec or "," not in counts)
     except ValueError:
         valid = False
     if not valid:
-        raise ValueError(f"{value!r}: give a step count >= 1 like 100, sections like '10,10,10', or 'ddim50'")
+        raise ValueError(f"{value!r}: give a step count >= 2 like 100, sections like '10,10,10', or 'ddim50'")
     return spec
 

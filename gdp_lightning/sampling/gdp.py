@@ -299,33 +299,31 @@ class GDPSampler:
         return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
 
     def _forward_tiled(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
-        """UNet forwards on tiles of ``tile_size`` (``tile_batch`` at a time), averaged over their overlaps."""
+        """UNet forwards on tiles of ``tile_size`` (``tile_batch`` at a time), averaged over their overlaps. Each
+        group of tiles is cut, run and added into the full-size sums at once, so the memory beyond the image's
+        own state is that of one group whatever the image's size."""
         model_t = self.diffusion.model_timesteps(t)
-        h, w = x.shape[-2:]
-        kwargs_for = lambda lab: {} if lab is None else {"y": lab}  # noqa: E731
-        tiler = self.tiler(h, w)
-        n = tiler.num_tiles
-        x_tiles = tiler.split(x)
-        t_tiles = t.repeat_interleave(n)
-        model_t_tiles = model_t.repeat_interleave(n)
-        lab_tiles = None if labels is None else labels.repeat_interleave(n)
-        outs = []
+        n, channels = x.shape[0], x.shape[1]
+        tiler = self.tiler(*x.shape[-2:])
+        total = n * tiler.num_tiles
+        sums = {key: x.new_zeros(n, channels, *x.shape[-2:]) for key in ("mean", "log_variance", "pred_xstart")}
         with torch.no_grad():
-            for i in range(0, x_tiles.shape[0], self.tile_batch):
-                sl = slice(i, i + self.tile_batch)
-                outs.append(
-                    self.unet(x_tiles[sl], model_t_tiles[sl],
-                              **kwargs_for(None if lab_tiles is None else lab_tiles[sl]))
-                )
-        mv = self.diffusion.mean_variance_from_output(
-            torch.cat(outs), x_tiles, t_tiles, clip_denoised=self.clip_denoised
-        )
-        log_variance = tiler.merge(mv.log_variance)
+            for start in range(0, total, self.tile_batch):
+                positions = list(range(start, min(total, start + self.tile_batch)))
+                images = torch.tensor([p // tiler.num_tiles for p in positions], device=x.device)
+                tiles = tiler.tiles_at(x, positions)
+                kwargs = {} if labels is None else {"y": labels[images]}
+                out = self.unet(tiles, model_t[images], **kwargs)
+                mv = self.diffusion.mean_variance_from_output(out, tiles, t[images], clip_denoised=self.clip_denoised)
+                for key, value in sums.items():
+                    tiler.accumulate(value, getattr(mv, key), positions)
+                del out, mv, tiles
+        log_variance = tiler.average(sums["log_variance"])
         return MeanVariance(
-            mean=tiler.merge(mv.mean),
+            mean=tiler.average(sums["mean"]),
             variance=torch.exp(log_variance),
             log_variance=log_variance,
-            pred_xstart=tiler.merge(mv.pred_xstart),
+            pred_xstart=tiler.average(sums["pred_xstart"]),
         )
 
     def tiler(self, h: int, w: int) -> Tiler:

@@ -6,7 +6,7 @@ per-pixel results are averaged over the tiles that cover the pixel.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -48,6 +48,26 @@ class Tiler:
         t = self.tile
         tiles = [x[..., top : top + t, left : left + t] for top, left in self.boxes]
         return torch.stack(tiles, dim=1).reshape(-1, *x.shape[1:-2], t, t)
+
+    def tiles_at(self, x: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """The tiles at flat positions ``i·T + j`` (image i, tile j) of :meth:`split`, without making the others."""
+        t, count = self.tile, self.num_tiles
+        return torch.stack([x[p // count, ..., top : top + t, left : left + t]
+                            for p in positions for top, left in [self.boxes[p % count]]])
+
+    def accumulate(self, out: torch.Tensor, tiles: torch.Tensor, positions: Sequence[int]) -> None:
+        """Add ``tiles`` (at flat positions ``positions``) into the full-size sums ``out``; :meth:`average`
+        turns the sums of all tiles into the merged image, equal to :meth:`merge` of all of them."""
+        t, count = self.tile, self.num_tiles
+        for k, p in enumerate(positions):
+            top, left = self.boxes[p % count]
+            out[p // count, :, top : top + t, left : left + t] += tiles[k]
+
+    def average(self, sums: torch.Tensor) -> torch.Tensor:
+        """The sums of :meth:`accumulate` divided by the number of tiles over each pixel."""
+        if self.num_tiles == 1:
+            return sums
+        return sums / self._count.to(sums.device, sums.dtype)
 
     def merge(self, tiles: torch.Tensor) -> torch.Tensor:
         """Average of the tiles over their overlaps."""
