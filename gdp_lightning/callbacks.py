@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -147,8 +147,10 @@ class RestorationWriter(Callback):
         self._summarized = False
         self._earlier: List[str] = []
         self._lock: Optional[FolderLock] = None
-        #: the images of the last summary that diverged, as ``"name (step k of n)"`` (first process only)
+        #: the inputs of the last summary without output, as ``"name (why)"`` (first process only)
         self.failed: List[str] = []
+        #: the same as ``(name, why)``
+        self.failures: List[Tuple[str, str]] = []
 
     # ---------------------------------------------------------------- where
     @property
@@ -453,6 +455,7 @@ class RestorationWriter(Callback):
         indices: Dict[str, int] = {}
         failed: List[str] = []
         self.failed = failed
+        self.failures = []
         for name in names:
             path = self.directory / f"{name}.json"
             if not path.is_file():
@@ -461,13 +464,16 @@ class RestorationWriter(Callback):
             if record.get("error"):  # an input that could not be used: no result
                 rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
                 failed.append(f"{name} ({record['error']})")
+                self.failures.append((name, record["error"]))
                 indices[name] = record.get("index", len(indices))
                 continue
             for entry in record.get("results", []):
                 if entry.get("diverged") and "output" not in entry:
                     rows.append({"name": name, "scale": entry["scale"], "diverged": 1, "failed": 1,
                                  "diverged_step": entry.get("diverged_step"), "error": "diverged"})
-                    failed.append(f"{name} (diverged at step {entry.get('diverged_step')} of {entry.get('steps')})")
+                    reason = f"diverged at step {entry.get('diverged_step')} of {entry.get('steps')}"
+                    failed.append(f"{name} ({reason})")
+                    self.failures.append((name, reason))
                 elif "metrics" in entry:
                     rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
                                  "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})

@@ -288,7 +288,12 @@ def _failures(cli: GDPCLI) -> int:
     failed = [name for w in writers for name in w.failed]
     if not failed:
         return 0
-    shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+    reasons = {why for w in writers for _, why in w.failures}
+    if len(failed) > 1 and len(reasons) == 1 and "diverged at step" not in next(iter(reasons)):  # one cause
+        shown = f"{', '.join(n for w in writers for n, _ in w.failures[:3])}{' ...' if len(failed) > 3 else ''}, " \
+                f"all for one reason: {next(iter(reasons))}"
+    else:
+        shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
     diverged = any("diverged at step" in f for f in failed)
     advice = (" (diverged: a smaller --model.sampler.scale or --model.sampler.on_divergence retry)"
               if diverged else "")

@@ -6,6 +6,7 @@ The runs use a tiny random prior (32x32) and 3 to 20 training steps in-process.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdp_lightning.benchmark import skimage_crops
+from gdp_lightning.callbacks import sha256
 from gdp_lightning.cli import main
 from gdp_lightning.data import GDPDataModule, write_image
 from gdp_lightning.data.images import DataError
@@ -401,6 +403,22 @@ def test_predict_with_a_fit_checkpoint_uses_its_ema(tiny, photos, tmp_path, capf
         assert rc == 0, capfd.readouterr().err
         outputs[how] = [p.read_bytes() for p in sorted(out.glob("p*.png"))]
     assert len(outputs["prior"]) == 2 and outputs["prior"] == outputs["ckpt_path"]
+    # the options given win over the hyper-parameters the checkpoint stores (its fit ran 3 steps at scale 1000),
+    # and the record names the weights really used
+    out = tmp_path / "options"
+    rc = main(["predict", "--config", str(tiny), "--config", str(SR4), "--data.input_dir", str(photos["held"]),
+               "--data.mode", "synthetic", "--data.crop_size", "32", "--writer.output_dir", str(out), *QUIET,
+               "--trainer.logger.init_args.save_dir", str(tmp_path / "plogs"), "--ckpt_path",
+               str(checkpoints / "last.ckpt"), "--model.sampler.steps", "7", "--model.sampler.scale", "12345",
+               "--model.sampler.guidance", "gradient"])
+    assert rc == 0, capfd.readouterr().err
+    model = json.loads((out / "run.json").read_text())["model"]
+    assert model["sampler"]["steps"] == "7" and model["sampler"]["scale"] == 12345.0
+    assert model["sampler"]["guidance"] == "gradient"
+    assert model["checkpoint_sha256"] == sha256(checkpoints / "last.ckpt")
+    assert model["weights"] == str((checkpoints / "last.ckpt").resolve())
+    assert all(json.loads(p.read_text())["results"][0]["scale"] == 12345.0 for p in out.glob("p*.json"))
+    assert len(list(out.glob("p*.json"))) == 2
 
 
 # ----------------------------------------------------------------------------------------- the pieces

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -254,7 +255,7 @@ class Blur(KernelOperator):
 
     def __init__(
         self,
-        kernel: Union[torch.Tensor, str, None] = None,
+        kernel: Union[str, Path, torch.Tensor, None] = None,
         padding: str = "valid",
         learnable: bool = False,
         kernel_size: Optional[int] = None,

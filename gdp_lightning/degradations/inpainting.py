@@ -30,7 +30,7 @@ class Inpainting(Degradation):
 
     linear = True
 
-    def __init__(self, mask: Union[torch.Tensor, str, Path, None] = None):
+    def __init__(self, mask: Union[str, Path, torch.Tensor, None] = None):
         super().__init__()
         self.spec: Optional[str] = None
         if isinstance(mask, str) and mask.split(":", 1)[0] in ("random", "box") and ":" in mask:

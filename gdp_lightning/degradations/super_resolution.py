@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
@@ -116,7 +117,7 @@ class KernelSuperResolution(KernelOperator):
     def __init__(
         self,
         factor: int,
-        kernel: Union[torch.Tensor, str, None] = None,
+        kernel: Union[str, Path, torch.Tensor, None] = None,
         learnable: bool = True,
         kernel_size: Optional[int] = None,
         init_sigma: Optional[float] = None,
