@@ -1,12 +1,15 @@
 """Peak memory (RSS) and time of ``gdp predict`` against the image's side: the memory must grow no faster than the
 pixel count, so that a large photo restores within a stated peak.
 
-    python benchmarks/memory_vs_size.py --sides 1000 2000 4000 6000 --steps 2
+    python benchmarks/memory_vs_size.py --sides 1000 2000 --steps 2              # whole runs
+    python benchmarks/memory_vs_size.py --sides 1000 2000 4000 6000 --first-step  # the first step of 20
 
 Each size runs the real command in its own process (a PNG made by enlarging a held-out crop, the skimage64 prior,
-inpainting with 25 % of the pixels missing, ``--model.sampler.steps 2``: the first steps, whose state every later
-step repeats) and reports the process's peak resident memory from the operating system (``wait4``), the wall time
-and the peak per megapixel beyond the 1000×1000 run's. ``--task deblur`` measures the deblurring config instead.
+inpainting with 25 % of the pixels missing) and reports the process's peak resident memory from the operating
+system, the wall time and the peak per megapixel beyond the first size's. Whole runs (``--steps``) include
+reading, writing and scoring; ``--first-step`` runs 20 steps, waits for the line the command prints after its
+first step (when the restoration will take more than two minutes), reads the peak so far (``VmHWM``) and stops
+the process: every later step repeats the first one's state. ``--task deblur`` measures the deblurring config.
 """
 
 from __future__ import annotations
@@ -39,7 +42,33 @@ def photo(side: int, path: Path) -> None:
     write_image(path, big)
 
 
-def run(side: int, steps: int, task: str, folder: Path) -> dict:
+def _peak(pid: int) -> float:
+    """VmHWM of a running process, in GiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmHWM")
+
+
+def first_step(command: list, side: int) -> dict:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "step 1 of" in line:
+            peak, seconds = _peak(process.pid), time.perf_counter() - start
+            process.kill()
+            process.wait()
+            return {"side": side, "megapixels": side * side / 1e6, "peak_gib": peak, "seconds": seconds,
+                    "note": line.split(": ", 1)[-1].strip()}
+    process.wait()
+    raise SystemExit(f"side {side}: ended (status {process.returncode}) before its first step was announced\n"
+                     + "".join(lines[-20:]))
+
+
+def run(side: int, steps: int, task: str, folder: Path, first: bool = False) -> dict:
     inputs = folder / f"in{side}"
     inputs.mkdir()
     photo(side, inputs / "photo.png")
@@ -48,6 +77,8 @@ def run(side: int, steps: int, task: str, folder: Path) -> dict:
                "--data.input_dir", str(inputs), "--writer.output_dir", str(folder / f"out{side}"),
                "--trainer.logger.init_args.save_dir", str(folder / "logs"), "--model.progress", "false",
                "--trainer.enable_progress_bar", "false", "--model.metrics", "[]"]
+    if first:
+        return first_step(command, side)
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     _, status, usage = os.wait4(process.pid, 0)
@@ -65,14 +96,17 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[1000, 2000, 4000, 6000])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--task", choices=sorted(TASKS), default="inpaint")
+    parser.add_argument("--first-step", action="store_true", help="20 steps, stopped after the first")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, task {args.task}, {args.steps} steps")
+    steps = 20 if args.first_step else args.steps
+    what = "the first of 20 steps" if args.first_step else f"{steps} steps, whole runs"
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, task {args.task}, {what}")
     print("| side | megapixels | peak RSS (GiB) | per extra megapixel (MiB) | wall (s) |")
     print("|---|---|---|---|---|")
     first = None
     with tempfile.TemporaryDirectory() as tmp:
         for side in args.sides:
-            row = run(side, args.steps, args.task, Path(tmp))
+            row = run(side, steps, args.task, Path(tmp), first=args.first_step)
             first = first or row
             extra = row["megapixels"] - first["megapixels"]
             slope = f"{(row['peak_gib'] - first['peak_gib']) * 1024 / extra:.0f}" if extra > 0 else "-"

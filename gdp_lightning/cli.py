@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import __version__
 from .callbacks import RestorationWriter, TrajectoryLogger
@@ -38,6 +39,8 @@ __all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED"]
 #: theirs could not be used): the others are restored, the records say why
 EXIT_FAILED = 3
 EXIT_DIVERGED = EXIT_FAILED
+#: exit status of a run stopped by SIGTERM (128 + 15, as the shell reports a process the signal ended)
+EXIT_TERMINATED = 143
 
 DESCRIPTION = (
     "gdp-lightning: restore and enhance images with a pretrained diffusion model as the only prior "
@@ -277,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = " ".join(str(e).split("\n")).strip() or type(e).__name__
         print(f"gdp: error: {message}", file=sys.stderr)
         return 2
+    except SIGTERMException:
+        print("gdp: stopped by SIGTERM; the finished outputs are kept and a rerun resumes", file=sys.stderr)
+        return EXIT_TERMINATED
     return _failures(cli)
 
 

@@ -663,6 +663,10 @@ class GDPModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return
+        if trainer.received_sigterm:  # Lightning's predict loop never looks; a restoration can take hours
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
         for cb in trainer.callbacks:
             hook = getattr(cb, "on_diffusion_step", None)
             if hook is not None:

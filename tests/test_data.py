@@ -420,19 +420,27 @@ def test_real_mode_hdr_stacks_exposures(tmp_path):
         single.setup("predict")
 
 
-def test_real_mode_fails_early_on_bad_files(tmp_path):
+def test_real_mode_leaves_out_bad_files_before_anything_runs(tmp_path):
+    """Every file is checked at setup: an input with a bad file is left out with its reason (the others keep
+    their batches); when every input is bad, the first reason is raised."""
     folder = real_folder(tmp_path)
     save_png(folder / "a_mask.png", np.zeros((5, 5), np.uint8))
-    with pytest.raises(DataError) as excinfo:
-        GDPDataModule(input_dir=str(folder)).setup("predict")
-    assert str(excinfo.value) == (f"{folder / 'a_mask.png'}: the mask is 5x5 but {folder / 'a.png'} is 8x12; give a "
-                                  "mask of the image's size")
-    (folder / "a_mask.png").unlink()
     data = (folder / "e.png").read_bytes()
     (folder / "e.png").write_bytes(data[: len(data) - 30])
+    dm = GDPDataModule(input_dir=str(folder), batch_size=2)
+    dm.setup("predict")
+    reasons = {item.name: why for item, why in dm.rejected}
+    assert sorted(reasons) == ["a", "e"]
+    assert reasons["a"] == (f"{folder / 'a_mask.png'}: the mask is 5x5 but {folder / 'a.png'} is 8x12; give a "
+                            "mask of the image's size")
+    assert str(folder / "e.png") in reasons["e"] and "\n" not in reasons["e"]
+    assert dm.batches == [[1], [2, 3]]  # b alone (e, its size-mate, is out), c and d together
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(data[: len(data) - 30])
     with pytest.raises(DataError) as excinfo:
-        GDPDataModule(input_dir=str(folder)).setup("predict")
-    one_line_error(excinfo, folder / "e.png")
+        GDPDataModule(input_dir=str(only_bad)).setup("predict")
+    one_line_error(excinfo, only_bad / "x.png")
 
 
 def test_predict_skips_done_inputs_after_grouping(tmp_path):

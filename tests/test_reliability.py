@@ -364,3 +364,39 @@ def test_help_is_for_people(capfd):
     assert "{fit,validate,test,predict,export}" in top
     assert "Fine-tune the prior on clean images of a new domain" in top
 
+
+
+def test_sigterm_stops_a_long_restoration_and_a_rerun_resumes(tiny, photos, tmp_path, capfd):
+    """Lightning's predict loop never looks at SIGTERM: the sampler's step does. The finished outputs stay, the
+    folder is unlocked, and a rerun restores the rest."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gdp_lightning", "predict", "--config", str(tiny["plain"][0]), "--config",
+               str(REPO / "configs/task/deblur.yaml"), "--model.sampler.steps", "150", "--data.input_dir",
+               str(photos), "--writer.output_dir", str(out), "--trainer.logger.init_args.save_dir",
+               str(tmp_path / "logs"), "--model.progress", "false", "--trainer.enable_progress_bar", "false"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "a.json").exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert (out / "a.json").exists(), process.stderr.read() if process.poll() is not None else "too slow"
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        err = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, err
+    assert time.monotonic() - stopped < 30  # within a step, not at the end of the image
+    assert err.strip().splitlines()[-1] == "gdp: stopped by SIGTERM; the finished outputs are kept and a rerun resumes"
+    done = restored(out)
+    assert "a" in done and len(done) < 4 and not (out / LOCK_NAME).exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    first = (out / "a.png").read_bytes()
+    rc, err = _deblur(capfd, tmp_path, ["--config", str(tiny["plain"][0])], photos, out,
+                      "--model.sampler.steps", "150", "--model.sampler.scale", "8000")
+    assert rc == 0, err
+    assert restored(out) == {"a", "b", "c", "d"} and (out / "a.png").read_bytes() == first
