@@ -13,7 +13,7 @@ User errors (a missing folder, an unreadable image, a checkpoint of another arch
 option) end with one line ``gdp: error: ...`` and exit status 2, before anything is restored; ``GDP_DEBUG=1`` shows
 the traceback. A run that restored its inputs but left some without output (their restoration diverged, see
 :mod:`gdp_lightning.sampling.divergence`, or a file of theirs could not be used: recorded, the others restored)
-ends with one line naming them and exit status 3.
+ends with one line naming them and exit status 3; one stopped by SIGTERM, with exit status 143.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .data import GDPDataModule
 from .errors import ConfigError, GDPError
 from .module import GDPModule
 
-__all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED"]
+__all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_TERMINATED"]
 
 #: exit status of a run that finished but left some inputs without output (their restoration diverged, or a file of
 #: theirs could not be used): the others are restored, the records say why

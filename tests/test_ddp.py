@@ -134,6 +134,32 @@ def test_larger_batches_two_processes(setup_dir):
     assert max(diffs) < 1.0, diffs  # batch composition changes the UNet's arithmetic, not the 8-bit result
 
 
+def test_two_processes_finish_when_inputs_fail_on_either(setup_dir):
+    """One input with a bad file (left out before the run) and one that fails during its restoration on the
+    second process (too small for the prior with small_images error): neither process hangs, the others are
+    restored, the records of both say why, and the run ends with exit status 3."""
+    root = setup_dir
+    photos = root / "mixed"
+    g = torch.Generator().manual_seed(5)
+    for i in range(4):
+        write_image(photos / f"img{i}.png", torch.rand(3, 8, 8, generator=g))
+    write_image(photos / "img1.png", torch.rand(3, 6, 6, generator=g))  # batch 1: the second process's
+    (photos / "img3.png").write_bytes(b"not an image")
+    out = root / "mixed_out"
+    args = _args(root, out, 1)
+    args[args.index("--data.input_dir") + 1] = str(photos)
+    cmd = [sys.executable, "-m", "gdp_lightning", *args, "--model.small_images", "error",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert sorted(p.stem for p in out.glob("img*.png")) == ["img0", "img2"]
+    records = {n: json.loads((out / f"{n}.json").read_text()) for n in ("img1", "img3")}
+    assert records["img1"]["process"] == 1 and "smaller than the prior" in records["img1"]["error"]
+    assert "img3.png: cannot read the image" in records["img3"]["error"]
+    assert "2 input(s) have no output" in proc.stderr.strip().splitlines()[-1]
+
+
 def _fit_args(root: Path, logs: Path, batch_size: int):
     photos = root / "train"
     if not photos.is_dir():

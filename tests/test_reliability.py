@@ -18,26 +18,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gdp_lightning.benchmark import quantize
-from gdp_lightning.callbacks import sha256
 from gdp_lightning.cli import EXIT_FAILED, main
 from gdp_lightning.data import write_image
 from gdp_lightning.run_folder import LOCK_NAME
 
 from .conftest import REPO
-from .test_system import (  # noqa: F401 - fixtures
-    _argv,
-    _one_thread,
-    crops,
-    error_line,
-    gdp,
-    names_in,
-    photos16,
-    read_rows,
-    record,
-    tiny,
-    tiny_prior,
-    write_images,
-)
+from .test_system import _argv, _one_thread, crops, tiny, tiny_prior  # noqa: F401 - the fixtures
+from .test_system import error_line, gdp, read_rows, record, write_images
 
 
 def restored(folder: Path) -> set:
