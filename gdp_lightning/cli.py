@@ -208,16 +208,9 @@ class GDPCLI(LightningCLI):
         super()._run_subcommand(subcommand)
 
 
-def _user_errors() -> tuple:
-    from .data import DataError
-    from .metrics import MetricUnavailable
-    from .prior import CheckpointError
-    from .sampling import GuidanceDivergedError
-
-    return (GDPError, CheckpointError, DataError, MetricUnavailable, GuidanceDivergedError)
-
-
-USER_ERRORS = _user_errors()
+#: what the command reports in one line: every user-facing error is a :class:`GDPError` (options, inputs, data,
+#: checkpoints, metrics that cannot run, a diverged restoration)
+USER_ERRORS = (GDPError,)
 
 
 def export_main(argv: Sequence[str]) -> int:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import GDPError
+
 __all__ = [
     "MetricUnavailable",
     "to_8bit",
@@ -52,7 +54,7 @@ METRIC_NAMES = ("psnr", "ssim", "lpips", "fid", "consistency", "loe")
 _NEED_GT = ("psnr", "ssim", "lpips", "fid")
 
 
-class MetricUnavailable(Exception):
+class MetricUnavailable(GDPError):
     """A requested metric cannot run here (missing weights or package); the message is one line saying what to
     download and where."""
 

@@ -3,9 +3,9 @@ step.
 
 The sampler keeps the whole image's state (x_t, μ, x̃0, the data term's gradient, the consistency step's vectors)
 and runs the UNet on groups of ``tile_batch`` tiles, so its memory is a fixed part (the prior, one group of tiles)
-plus a part proportional to the restored pixels. ``BYTES_PER_PIXEL`` is that part, measured with
-``benchmarks/memory_vs_size.py`` (float32, peak resident memory on the CPU: 306 MiB per megapixel from 1 to 36
-megapixels, inpainting; README "Large images"), rounded up.
+plus a part proportional to the restored pixels. ``BYTES_PER_PIXEL`` is that part with a margin: measured with
+``benchmarks/memory_vs_size.py`` (float32, peak resident memory on the CPU, inpainting), 182 to 229 MiB per
+megapixel from 1 to 36 megapixels (about 240 bytes a pixel; README "Large images").
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 __all__ = ["BYTES_PER_PIXEL", "estimate_bytes", "available_bytes", "format_bytes", "format_seconds"]
 
-#: peak memory per restored pixel (float32 state of the whole image), with a margin over the measured 320 bytes
-BYTES_PER_PIXEL = 400
+#: peak memory per restored pixel (float32 state of the whole image), with a margin over the measured 240 bytes
+BYTES_PER_PIXEL = 300
 
 
 def estimate_bytes(pixels: int, model_bytes: int = 0, tile_bytes: int = 0) -> int:

@@ -283,7 +283,7 @@ class GDPDataModule(L.LightningDataModule):
         log-uniform): ``[0.25, 1]`` cuts regions of 1 to 4 times the prior's size and resizes them to it.
     :param flip: ``gdp fit``: flip half of the crops horizontally.
     :param max_pixels: leave out (and record as failed) inputs that restore to more pixels than this (the
-        memory of a restoration grows with its pixels: about 400 bytes each, see :mod:`gdp_lightning.resources`;
+        memory of a restoration grows with its pixels: about 240 bytes each, see :mod:`gdp_lightning.resources`;
         without a limit, a batch estimated to need more memory than is free gets a warning before it starts).
 
     In ``gdp fit``, ``input_dir`` (or ``files``) holds the clean training images, of any sizes: each training

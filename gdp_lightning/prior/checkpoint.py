@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import GDPError
 from ..io import atomic_path
 from .presets import PRESETS, get_preset
 from .spec import PriorSpec
@@ -47,7 +48,7 @@ _ANCHOR = "time_embed.0.weight"  # the first key of every guided-diffusion UNet
 _MAX_LISTED = 4
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GDPError, ValueError):
     """A checkpoint could not be read or does not fit the model (one-line message)."""
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..degradations import Degradation
+from ..errors import GDPError
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..losses import RECONSTRUCTION, QualityLoss
 from .consistency import DataConsistency, supports_consistency
@@ -49,7 +50,7 @@ PAPER_STEPS = 1000
 PAPER_SIZE = 256
 
 
-class GuidanceDivergedError(FloatingPointError):
+class GuidanceDivergedError(GDPError, FloatingPointError):
     """Restorations diverged (non-finite, or a data term far past its lowest value): the guidance was too strong."""
 
 
