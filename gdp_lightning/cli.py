@@ -28,7 +28,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import __version__
-from .callbacks import RestorationWriter, TrajectoryLogger
+from .trajectory import TrajectoryLogger
+from .writer import RestorationWriter
 from .data import GDPDataModule
 from .errors import ConfigError, GDPError
 from .module import GDPModule

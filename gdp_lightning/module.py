@@ -5,7 +5,7 @@ A batch (see :class:`gdp_lightning.data.GDPDataModule`) holds observations ``y``
 indices, and, in synthetic mode, the ground truth ``x``. Every step restores the batch with
 :class:`~gdp_lightning.sampling.GDPSampler` (one run per guidance scale when several are tried) and returns one
 entry per image: the restored image (8-bit values), the learned φ, the final loss terms and the metrics.
-:class:`gdp_lightning.callbacks.RestorationWriter` writes them; ``validate`` and ``test`` also log the metrics.
+:class:`gdp_lightning.writer.RestorationWriter` writes them; ``validate`` and ``test`` also log the metrics.
 
 ``fit`` trains the UNet on batches of clean crops (``{"x": (B, 3, S, S) in [0, 1], "name", "index"}``) with the
 improved-DDPM loss and keeps an EMA of its weights (see :mod:`gdp_lightning.training`); its validation restores

@@ -1,0 +1,83 @@
+"""The TensorBoard view inside the sampler (:class:`TrajectoryLogger`): x̃0 every k diffusion steps, the loss terms
+and φ summaries at every step, and the trajectory grid of the first images."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+__all__ = ["TrajectoryLogger"]
+
+
+class TrajectoryLogger(Callback):
+    """Show what happens inside the sampler in TensorBoard.
+
+    For the first ``num_images`` images of the first ``num_batches`` batches (on the first process): x̃0 every
+    ``every_n_steps`` diffusion steps under ``x0/<name>`` (the step slider walks the trajectory; start
+    TensorBoard with ``--samples_per_plugin images=1000`` to keep every step), the grid of that trajectory
+    under ``trajectory/<name>``, and at every step the loss terms (``loss/<name>/<term>``) and φ
+    (``phi/<name>/<φ>``: the value of a scalar, the mean of a larger tensor; the maximum of a kernel).
+    Not during ``gdp fit``, whose validation logs its own grids (``fit/restoration``, ``fit/samples``).
+
+    :param every_n_steps: x̃0 every this many steps (and the last one).
+    :param num_images: images per batch to follow.
+    :param num_batches: batches to follow.
+    :param scalars: log the loss terms and φ at every step.
+    """
+
+    def __init__(self, every_n_steps: int = 10, num_images: int = 4, num_batches: int = 1, scalars: bool = True):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.num_images = every_n_steps, num_images
+        self.num_batches, self.scalars = num_batches, scalars
+        self._frames: Dict[str, List[torch.Tensor]] = {}
+
+    @staticmethod
+    def _experiment(trainer: "L.Trainer"):
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    def on_diffusion_step(self, trainer, pl_module, info, context) -> None:
+        if context.batch_idx >= self.num_batches or not trainer.is_global_zero or self.num_images <= 0:
+            return
+        if trainer.state.fn == "fit":
+            return
+        experiment = self._experiment(trainer)
+        if experiment is None:
+            return
+        count = min(self.num_images, len(context.names))
+        suffix = f"_s{context.scale:g}" if context.multi_scale else ""
+        keep = (info.step - 1) % self.every_n_steps == 0 or info.step == info.total
+        phi = info.degradation.phi() if self.scalars else {}
+        for b in range(count):
+            tag = f"{context.stage}/{context.names[b]}{suffix}"
+            if keep:
+                x0 = ((info.pred_xstart[b].detach().float() + 1) / 2).clamp(0, 1).cpu()
+                experiment.add_image(f"x0/{tag}", x0, global_step=info.step)
+                self._frames.setdefault(tag, []).append(x0)
+            if self.scalars:
+                for term, values in info.losses.items():
+                    experiment.add_scalar(f"loss/{tag}/{term}", float(values[b]), global_step=info.step)
+                for key, value in phi.items():
+                    v = value[b] if value.shape[0] == len(context.names) else value[0]
+                    experiment.add_scalar(f"phi/{tag}/{key}", _phi_scalar(key, v), global_step=info.step)
+            if info.step == info.total and tag in self._frames:
+                frames = self._frames.pop(tag)
+                grid = torch.cat([torch.nn.functional.pad(f, (0, 2)) for f in frames], dim=-1)
+                experiment.add_image(f"trajectory/{tag}", grid, global_step=0)
+        if info.step == info.total:
+            experiment.flush()
+
+
+def _phi_scalar(key: str, value: torch.Tensor) -> float:
+    if value.numel() == 1:
+        return float(value)
+    if key.endswith("kernel"):
+        return float(value.max())
+    return float(value.float().mean())

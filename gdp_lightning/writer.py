@@ -1,0 +1,460 @@
+"""The writer of restored images and learned φ (:class:`RestorationWriter`).
+
+It writes ``<name>.png`` per input (atomically), the learned φ beside it (``<name>.phi.pt``, a human-readable
+``<name>.json`` with the metrics, and ``<name>.<φ>.png`` for kernels and maps), records inputs that failed,
+skips inputs whose record exists (a killed run resumes), writes each image on one process only (the data module
+gives every batch to exactly one process), holds the output folder for the run (see :mod:`.run_folder`), and
+keeps a record of the run (``run.json``, see :mod:`.run_record`) and a summary of the metrics (``metrics.csv``,
+``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from . import __version__
+from .data.images import write_image
+from .errors import InputError
+from .io import atomic_path
+from .run_folder import FolderLock, check_output_folder, remove_temporary_files
+from .run_record import model_record, restoration_settings
+
+__all__ = ["RestorationWriter", "phi_summary", "input_folders"]
+
+RESERVED = ("run", "metrics")
+
+
+def _number(x: float) -> float:
+    return float(f"{float(x):.6g}")
+
+
+def phi_summary(value: torch.Tensor) -> Any:
+    """A small tensor as its values (6 significant digits), a large one as shape, mean, min and max."""
+    value = value.detach().float().cpu()
+    if value.numel() <= 16:
+        return [_number(v) for v in value.flatten().tolist()] if value.numel() > 1 else _number(value.item())
+    return {"shape": list(value.shape), "mean": _number(value.mean()), "min": _number(value.min()),
+            "max": _number(value.max())}
+
+
+def _is_map(value: torch.Tensor) -> bool:
+    """Kernel- or map-shaped φ (spatial, at least 3×3): worth a picture."""
+    return value.ndim >= 2 and value.shape[-1] >= 3 and value.shape[-2] >= 3
+
+
+def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
+    """A φ map or kernel as a gray image in [0, 1] (scaled by its range; small kernels enlarged, nearest)."""
+    v = value.detach().float().cpu().reshape(-1, *value.shape[-2:])
+    v = torch.cat(list(v), dim=-1)[None]  # groups side by side
+    lo, hi = float(v.min()), float(v.max())
+    v = (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
+    factor = max(1, math.ceil(min_side / min(v.shape[-2:])))
+    if factor > 1:
+        v = F.interpolate(v[None], scale_factor=factor, mode="nearest")[0]
+    return v
+
+
+def input_folders(datamodule: Any, items: List[Any]) -> List[Path]:
+    """The folders the inputs come from: the data module's input folder and every input file's folder."""
+    folders = {Path(p).parent for it in items for p in getattr(it, "paths", [])}
+    for attribute in ("input_dir", "val_dir"):
+        value = getattr(datamodule, attribute, None)
+        if value:
+            folders.add(Path(value))
+    return sorted(folders)
+
+
+def _json_dump(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+class RestorationWriter(Callback):
+    """Write every restored image, its learned φ and its metrics; resume where a run stopped.
+
+    :param output_dir: where the outputs go (default: ``outputs`` in the logger's folder,
+        e.g. ``logs/sr4/outputs``: the same for every run of a task, so a rerun resumes).
+    :param overwrite: restore and write inputs whose outputs exist (default: skip them).
+    :param save_phi: write the learned φ (``<name>.phi.pt`` and pictures of kernels and maps).
+    """
+
+    def __init__(self, output_dir: Optional[str] = None, overwrite: bool = False, save_phi: bool = True):
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.overwrite, self.save_phi = overwrite, save_phi
+        self._dir: Optional[Path] = None
+        self._rank = 0
+        self._summarized = False
+        self._earlier: List[str] = []
+        self._lock: Optional[FolderLock] = None
+        #: the inputs of the last summary without output, as ``"name (why)"`` (first process only)
+        self.failed: List[str] = []
+        #: the same as ``(name, why)``
+        self.failures: List[Tuple[str, str]] = []
+
+    # ---------------------------------------------------------------- where
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError("the writer is not set up")
+        return self._dir
+
+    def resolve_directory(self, trainer: "L.Trainer") -> Path:
+        if self.output_dir is not None:
+            return self.output_dir
+        logger = trainer.logger
+        if logger is not None and getattr(logger, "root_dir", None):
+            return Path(logger.root_dir) / "outputs"
+        return Path(trainer.default_root_dir) / "outputs"
+
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        if stage == "fit":  # fine-tuning writes checkpoints, not restorations
+            return
+        self._dir = self.resolve_directory(trainer)
+        self._rank = trainer.global_rank
+        datamodule = trainer.datamodule
+        items = getattr(datamodule, "items", None) or []
+        clash = [it.name for it in items if it.name in RESERVED]
+        if clash:
+            raise InputError(f"an input named {clash[0]!r} would overwrite the run's {clash[0]}.json in "
+                             f"{self._dir}; rename it")
+        # the folder is checked and locked by the first process; every process stops on its answer
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                check_output_folder(self._dir, input_folders(datamodule, items))
+                self._lock = FolderLock(self._dir, getattr(pl_module, "run_command", None))
+                self._lock.acquire()
+                removed = remove_temporary_files(self._dir)
+                if removed:
+                    rank_zero_info(f"removed {len(removed)} half-written file(s) of an earlier, interrupted run "
+                                   f"from {self._dir}")
+            except InputError as e:
+                problem = str(e)
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise InputError(problem)
+        self._summarized = False
+        self._earlier = []
+        if not self.overwrite and any(self.is_done(it.name) for it in items):
+            self._check_resume(trainer, pl_module)
+
+    def _check_resume(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """A rerun skips the inputs already restored: only when the earlier run restored them the same way.
+        Checked on every process (each reads the record), so all stop together."""
+        path = self.directory / "run.json"
+        if getattr(pl_module, "describe", None) is None or not path.is_file():
+            return
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        model = model_record(trainer, pl_module)
+        if "checkpoint_sha256" not in model and (model.get("weights") or model.get("checkpoint")):
+            return  # a missing weights file: loading it says so, in its own words
+        now = restoration_settings(json.loads(json.dumps(model)))  # as a record stores it
+        before = restoration_settings(earlier.get("model", {}))
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            key = changed[0]
+            raise InputError(
+                f"{self.directory} holds outputs of a run with other settings ({key}: {before.get(key)!r} then, "
+                f"{now.get(key)!r} now); resuming would mix them: use another --writer.output_dir, or "
+                "--writer.overwrite true to restore everything again"
+            )
+        self._earlier = list(earlier.get("earlier_starts", [])) + [earlier.get("started", "?")]
+
+    def _start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        # after the model's setup (weights loaded) and never under inference mode (the model stops then):
+        # a run that fails before it starts leaves the record of the run that made the outputs
+        if trainer.is_global_zero and not torch.is_inference_mode_enabled():
+            self.write_run_record(trainer, pl_module, stage)
+            self._record_rejected(trainer)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "predict")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._start(trainer, pl_module, "validate")
+
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        # with every input done the loop has no batch and Lightning skips on_predict_end: summarise here
+        try:
+            if stage == "predict" and not self._summarized and trainer.world_size == 1 and self._dir is not None \
+                    and self._lock is not None and self._lock.held:
+                self.summarize(trainer, pl_module)
+        finally:
+            self._release()
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._release()  # Lightning skips teardown after an error
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def is_done(self, name: str) -> bool:
+        """Whether ``name`` was restored by an earlier run (its record, written last, exists and does not say it
+        failed: a rerun restores the images that diverged again)."""
+        if self.overwrite or self._dir is None:
+            return False
+        path = self._dir / f"{name}.json"
+        if not path.is_file():
+            return False
+        try:
+            return not json.loads(path.read_text()).get("failed", False)
+        except (OSError, ValueError):
+            return False
+
+    # ---------------------------------------------------------------- record
+    def write_run_record(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        model = model_record(trainer, pl_module)
+        record = {
+            "stage": stage,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": getattr(pl_module, "run_command", None) or sys.argv,
+            "gdp_lightning": __version__,
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "python": platform.python_version(),
+            "devices": trainer.world_size,
+            "model": model,
+        }
+        if self._earlier:  # a resumed run: when the runs that made the other outputs started
+            record["earlier_starts"] = self._earlier
+        config = getattr(pl_module, "run_config", None)
+        if config:
+            record["config"] = config
+            with atomic_path(self.directory / "run.yaml") as tmp:
+                tmp.write_text(config)
+        _json_dump(self.directory / "run.json", record)
+
+    # ---------------------------------------------------------------- write
+    def _write(self, outputs: Optional[Dict[str, Any]]) -> None:
+        if not outputs or "items" not in outputs:
+            return
+        for failure in outputs.get("failed", []):
+            self.write_failure(failure)
+        for item in outputs["items"]:
+            self.write_item(item)
+        # the loop keeps what predict_step returned: keep it small on long runs
+        outputs["items"] = [{"name": item["name"]} for item in outputs["items"]]
+
+    def write_failure(self, failure: Dict[str, Any]) -> None:
+        """The record of an input that could not be restored (``failure``: ``name``, ``index``, ``path``,
+        ``error``): no image, ``"failed": true`` and why; a rerun tries it again."""
+        _json_dump(self.directory / f"{failure['name']}.json", {
+            "name": failure["name"], "input": failure.get("path"), "index": failure.get("index"),
+            "process": self._rank, "failed": True, "error": failure["error"], "results": []})
+
+    def _record_rejected(self, trainer: "L.Trainer") -> None:
+        """Inputs the data module left out (a file that cannot be used): recorded as failed, unless an earlier
+        run restored them."""
+        for item, problem in getattr(trainer.datamodule, "rejected", None) or []:
+            if not self.is_done(item.name):
+                self.write_failure({"name": item.name, "index": item.index, "path": str(item.paths[0]),
+                                    "error": problem})
+
+    def write_item(self, item: Dict[str, Any]) -> None:
+        name = item["name"]
+        out = self.directory
+        results = item["results"]
+        multi = len(results) > 1
+        record: Dict[str, Any] = {
+            "name": name,
+            "input": str(item.get("path")) if item.get("path") is not None else None,
+            "index": item["index"],
+            "seed": item["seed"],
+            "process": self._rank,
+            "results": [],
+        }
+        if item.get("label") is not None:
+            record["label"] = item["label"]
+        for result in results:
+            suffix = f"_s{result['scale']:g}" if multi else ""
+            retried = {"retries": result["retries"], "scale_used": result["scale_used"]} if result.get("retries") else {}
+            diverged = result.get("diverged")
+            flags = {"diverged": True, "diverged_step": diverged["step"], "steps": diverged["of"]} if diverged else {}
+            if result.get("image") is None:  # no output: where it went wrong, and its last loss terms
+                record["failed"] = True
+                record["results"].append({
+                    "scale": result["scale"], **flags, **retried,
+                    "losses": {k: _number(v) for k, v in result["losses"].items()},
+                })
+                continue
+            image_path = out / f"{name}{suffix}.png"
+            write_image(image_path, result["image"], bits=item.get("bits", 8), alpha=item.get("alpha"),
+                        gray=item.get("gray", False))
+            entry: Dict[str, Any] = {
+                "scale": result["scale"],
+                "output": image_path.name,
+                "diverged": False,
+                **flags,  # on_divergence keep: written all the same, marked
+                **retried,
+                "losses": {k: _number(v) for k, v in result["losses"].items()},
+                "metrics": {k: _number(v) for k, v in result["metrics"].items()},
+                "phi": {k: phi_summary(v) for k, v in result["phi"].items()},
+            }
+            if self.save_phi and result["phi"]:
+                phi_path = out / f"{name}{suffix}.phi.pt"
+                with atomic_path(phi_path) as tmp:
+                    torch.save({k: v.detach().cpu().clone() for k, v in result["phi"].items()}, tmp)
+                entry["phi_file"] = phi_path.name
+                for key, value in result["phi"].items():
+                    if _is_map(value):
+                        picture = out / f"{name}{suffix}.{key}.png"
+                        write_image(picture, _map_image(value))
+                        entry.setdefault("phi_pictures", {})[key] = picture.name
+            record["results"].append(entry)
+        if multi:
+            self.write_sweep(item, out / f"{name}_scales.png")
+            record["grid"] = f"{Path(name).name}_scales.png"
+        _json_dump(out / f"{name}.json", record)  # last: marks the input done
+
+    @staticmethod
+    def write_sweep(item: Dict[str, Any], path: Path) -> None:
+        """The outputs of every scale side by side, each labelled with its scale."""
+        from PIL import Image, ImageDraw
+
+        tiles = []
+        for result in item["results"]:
+            image = result["image"]
+            if image is None:
+                continue
+            array = (image.double().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            tile = Image.fromarray(array, "RGB")
+            ImageDraw.Draw(tile).text((3, 2), f"s={result['scale']:g}", fill=(255, 255, 0))
+            tiles.append(tile)
+        if not tiles:
+            return
+        width = sum(t.width for t in tiles) + 2 * (len(tiles) - 1)
+        grid = Image.new("RGB", (width, max(t.height for t in tiles)), (0, 0, 0))
+        x = 0
+        for tile in tiles:
+            grid.paste(tile, (x, 0))
+            x += tile.width + 2
+        with atomic_path(path) as tmp:
+            grid.save(tmp, format="PNG")
+
+    # ---------------------------------------------------------------- hooks
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(outputs)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "validate":  # not the validation inside fit
+            self._write(outputs)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.summarize(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.summarize(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self.summarize(trainer, pl_module)
+
+    # ---------------------------------------------------------------- summary
+    def summarize(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """``metrics.csv`` (one row per image and scale) and ``metrics.json`` (means) from the records of every
+        input of the data module: also those restored by an earlier, interrupted run."""
+        self._summarized = True
+        trainer.strategy.barrier()
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        items = getattr(datamodule, "items", None)
+        names = [it.name for it in items] if items is not None else None
+        if names is None:
+            names = sorted(p.relative_to(self.directory).with_suffix("").as_posix()
+                           for p in self.directory.rglob("*.json") if p.parent != self.directory
+                           or p.stem not in RESERVED)
+        rows: List[Dict[str, Any]] = []
+        indices: Dict[str, int] = {}
+        failed: List[str] = []
+        self.failed = failed
+        self.failures = []
+        for name in names:
+            path = self.directory / f"{name}.json"
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            if record.get("error"):  # an input that could not be used: no result
+                rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
+                failed.append(f"{name} ({record['error']})")
+                self.failures.append((name, record["error"]))
+                indices[name] = record.get("index", len(indices))
+                continue
+            for entry in record.get("results", []):
+                if entry.get("diverged") and "output" not in entry:
+                    rows.append({"name": name, "scale": entry["scale"], "diverged": 1, "failed": 1,
+                                 "diverged_step": entry.get("diverged_step"), "error": "diverged"})
+                    reason = f"diverged at step {entry.get('diverged_step')} of {entry.get('steps')}"
+                    failed.append(f"{name} ({reason})")
+                    self.failures.append((name, reason))
+                elif "metrics" in entry:
+                    rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
+                                 "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
+                else:
+                    continue
+                indices[name] = record.get("index", len(indices))
+        extra = ["diverged", "diverged_step", "failed", "error"]
+        columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale", *extra}) + extra
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(self.directory / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+        means: Dict[str, Dict[str, float]] = {}
+        for scale in sorted({r["scale"] for r in rows if r["scale"] is not None}):
+            chosen = [r for r in rows if r["scale"] == scale]
+            means[f"{scale:g}"] = {
+                k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
+                for k in columns[2:] if k not in ("diverged_step", "failed", "error")
+            }
+        summary = {"images": len({r["name"] for r in rows}), "failed": failed, "mean_by_scale": means,
+                   "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
+        _json_dump(self.directory / "metrics.json", summary)
+        if trainer.state.fn == "predict":  # validate and test log their means through the module
+            self._log_predict_metrics(trainer, rows, indices, means)
+
+    @staticmethod
+    def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],
+                             means: Dict[str, Dict[str, float]]) -> None:
+        """To the loggers (TensorBoard): ``predict/<metric>`` per image (the step is the input's index) and
+        ``predict/mean_<metric>`` (step 0); with a scale sweep, one series per scale (``.../s<scale>``)."""
+        sweep = len(means) > 1
+        for row in rows:
+            if row["scale"] is None:  # an input that could not be used
+                continue
+            suffix = f"/s{row['scale']:g}" if sweep else ""
+            values = {f"predict/{k}{suffix}": float(v) for k, v in row.items()
+                      if k not in ("name", "scale", "error", "failed") and v is not None}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=indices[row["name"]])
+        for scale, mean in means.items():
+            suffix = f"/s{scale}" if sweep else ""
+            for logger in trainer.loggers:
+                logger.log_metrics({f"predict/mean_{k}{suffix}": v for k, v in mean.items()}, step=0)
