@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..prior.spec import DiffusionSettings, PriorSpec
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .schedules import named_beta_schedule, space_timesteps
+from .settings import DiffusionSettings
+
+if TYPE_CHECKING:  # the diffusion does not depend on the priors: a prior's spec only carries its settings
+    from ..prior.spec import PriorSpec
 
 __all__ = ["GaussianDiffusion", "MeanVariance", "StepOutput", "randn", "VAR_TYPES", "MEAN_TYPES", "LOSS_TYPES"]
 
