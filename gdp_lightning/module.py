@@ -36,6 +36,7 @@ from .diffusion.schedules import respacing_string
 from .errors import ConfigError, GDPError, InputError, warn
 from .metrics import ImageMetrics, to_8bit
 from .resources import available_bytes, estimate_bytes, format_bytes, format_seconds
+from .seeds import DENOISING, LABEL, SAMPLER, generator, stream_seed
 from .prior import PriorSpec, load_prior_weights
 from .sampling import GDPResult, GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
 from .training import (
@@ -52,7 +53,6 @@ from .training import (
 
 __all__ = ["GDPModule", "SamplerSettings", "StepContext"]
 
-SEED_OFFSET = 1 << 40  # sampler seeds (seed, index) never coincide with the data module's (seed, index)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -411,7 +411,7 @@ class GDPModule(L.LightningModule):
 
     def seeds_for(self, indices: Sequence[int]) -> List[int]:
         """Image i's sampler seed: a function of (seed, i) only."""
-        return [SEED_OFFSET + self.seed * 1_000_003 + int(i) for i in indices]
+        return [stream_seed(self.seed, i, SAMPLER) for i in indices]
 
     def labels_for(self, names: Sequence[str], seeds: Sequence[int]) -> Optional[torch.Tensor]:
         num_classes = self.unet.num_classes
@@ -433,7 +433,7 @@ class GDPModule(L.LightningModule):
 
     def _random_labels(self, seeds: Sequence[int]) -> List[int]:
         """A class per seed: image i's comes from (seed, i) only."""
-        return [int(torch.randint(self.unet.num_classes, (1,), generator=torch.Generator().manual_seed(s + 0x1ABE1)))
+        return [int(torch.randint(self.unet.num_classes, (1,), generator=generator(s + LABEL)))
                 for s in seeds]
 
     def _observation(self, batch: Dict[str, Any]) -> torch.Tensor:
@@ -911,7 +911,7 @@ class GDPModule(L.LightningModule):
         if self.unet.num_classes is not None:
             kwargs["y"] = self.labels_for(list(batch["name"]), seeds)
         terms = denoising_loss(self._train_diffusion, self.sampling_unet, x,
-                               [torch.Generator().manual_seed(s + 0xD0) for s in seeds], model_kwargs=kwargs)
+                               [generator(s + DENOISING) for s in seeds], model_kwargs=kwargs)
         for key, metric in self.val_denoising.items():
             metric.update(terms[key])
 
@@ -945,7 +945,7 @@ class GDPModule(L.LightningModule):
         for start in range(0, num, batch_size):
             indices = list(range(start, min(num, start + batch_size)))
             seeds = self.seeds_for(indices)
-            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            generators = [generator(s) for s in seeds]
             kwargs = {}
             if self.unet.num_classes is not None:  # the one class, else a random class per sample
                 labels = [self.class_label] * len(seeds) if self.class_label is not None else self._random_labels(seeds)

@@ -22,6 +22,7 @@ from torchvision.utils import save_image
 from .diffusion import GaussianDiffusion
 from .io import atomic_path
 from .prior import CheckpointError, get_preset, load_prior, preset_names
+from .seeds import DATA, generator, stream_seed
 
 __all__ = ["neighbour_correlation", "sample_prior", "main"]
 
@@ -58,7 +59,7 @@ def sample_prior(
     out = []
     for start in range(0, num, batch_size):
         idx = range(start, min(num, start + batch_size))
-        generators = [torch.Generator(device).manual_seed(seed * 1_000_003 + i) for i in idx]
+        generators = [generator(stream_seed(seed, i, DATA), device) for i in idx]
         kwargs = {}
         if spec.unet.class_cond:
             labels = [

@@ -18,6 +18,7 @@ from torch import nn
 from .diffusion import GaussianDiffusion, randn
 from .diffusion.schedules import respacing_string
 from .errors import ConfigError
+from .seeds import TRAINING, dropout_seed, generator, stream_seed
 
 __all__ = [
     "TrainingSettings",
@@ -188,12 +189,7 @@ def make_timestep_sampler(name: str, num_timesteps: int) -> UniformTimesteps:
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """The generator of training sample ``index``'s timestep and noise: a function of (seed, index) only, so a
     step trains on the same (crop, timestep, noise) triples however many processes share it and after a resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + index + (1 << 42)) % 2**63)
-
-
-def dropout_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of the global generator (dropout) at a training step of a process."""
-    return ((seed * 1_000_003 + step) * 1_009 + rank + (1 << 43)) % 2**63
+    return generator(stream_seed(seed, index, TRAINING))
 
 
 @torch.no_grad()

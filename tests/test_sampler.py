@@ -466,3 +466,19 @@ def test_trajectory_and_outputs(unet):
     assert point.phi["f"].shape == (1, 1, 1, 1) and point.losses["data"].shape == (2,)
     assert set(out.phi) == {"f", "M"} and out.phi["M"].shape == (2, 1, 32, 32)
     assert out.images.min() >= 0 and out.images.max() <= 1
+
+
+def test_random_streams_are_pinned_and_never_share_a_seed():
+    """The seeds are part of the results (gdp_lightning/seeds.py): pinned values, no two streams share a seed for
+    any seed and index a run meets, and an image's own sub-streams (φ, label, denoising) differ from each other."""
+    from gdp_lightning import seeds
+
+    assert seeds.stream_seed(7, 5) == 7_000_026
+    assert seeds.stream_seed(7, 5, seeds.SAMPLER) == (1 << 40) + 7_000_026
+    assert seeds.stream_seed(7, 5, seeds.TRAINING) == (1 << 42) + 7_000_026
+    assert seeds.stream_seed(7, 5, seeds.CROPS) == 0x5EED_C409_0000_0000 + 7_000_026
+    assert seeds.dropout_seed(7, 3, 1) == 7_000_024 * 1_009 + 1 + (1 << 43)
+    values = [seeds.stream_seed(s, i, stream) for s in range(4) for i in range(2000)
+              for stream in (seeds.DATA, seeds.SAMPLER, seeds.TRAINING, seeds.CROPS)]
+    assert len(set(values)) == len(values)
+    assert len({0, seeds.PHI, seeds.LABEL, seeds.DENOISING}) == 4

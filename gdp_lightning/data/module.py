@@ -25,6 +25,7 @@ from ..degradations import Degradation, load_kernel, load_mask
 from .batching import EMPTY_BATCH, ShardSampler, group_batches
 from .datasets import InputItem, check_image, find_inputs, image_size
 from ..errors import warn
+from ..seeds import DATA, stream_seed
 from .images import DataError, read_image
 from .training import CropSampler, TrainingCrops
 
@@ -32,12 +33,9 @@ __all__ = ["GDPDataModule", "RestorationBatches", "quantize_observation", "resiz
 
 MODES = ("real", "synthetic")
 QUANTIZATIONS = ("round", "truncate", "none")
-SEED_STRIDE = 1_000_003
-
-
 def item_seed(seed: int, index: int) -> int:
-    """The seed of input ``index``'s synthetic degradation: ``seed · 1_000_003 + index``."""
-    return seed * SEED_STRIDE + index
+    """The seed of input ``index``'s synthetic degradation (the ``DATA`` stream of :mod:`gdp_lightning.seeds`)."""
+    return stream_seed(seed, index, DATA)
 
 
 def quantize_observation(y: Tensor, quantize: str) -> Tensor:

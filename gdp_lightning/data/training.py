@@ -17,18 +17,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .batching import ProcessSampler
+from ..seeds import CROPS, stream_seed
 from .images import DataError, read_image
 
 __all__ = ["TrainingCrops", "CropSampler", "crop_seed"]
 
-SEED_STRIDE = 1_000_003
-#: added to the seeds of the crops so that their random streams differ from those of ``item_seed`` (data/module.py)
-CROP_SEED_OFFSET = 0x5EED_C409_0000_0000
-
-
 def crop_seed(seed: int, index: int) -> int:
-    """The seed of training sample ``index``: ``(seed · 1_000_003 + index + CROP_SEED_OFFSET) mod 2⁶⁴``."""
-    return (seed * SEED_STRIDE + index + CROP_SEED_OFFSET) % 2**64
+    """The seed of training sample ``index``'s crop (the ``CROPS`` stream of :mod:`gdp_lightning.seeds`)."""
+    return stream_seed(seed, index, CROPS)
 
 
 def _whole(value: Any) -> bool:

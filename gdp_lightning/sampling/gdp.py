@@ -38,6 +38,7 @@ from torch import nn
 
 from ..degradations import Degradation
 from ..errors import GDPError
+from ..seeds import PHI, generator
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..losses import RECONSTRUCTION, QualityLoss
 from .consistency import DataConsistency, supports_consistency
@@ -507,8 +508,8 @@ class GDPSampler:
         if getattr(self.unet, "num_classes", None) is not None and labels is None:
             raise ValueError("the prior is class-conditional: give one class label per image (labels=...)")
         h, w = tuple(image_size) if image_size is not None else self.degradation.input_size(*y.shape[-2:])
-        noise_gens = [torch.Generator(device).manual_seed(s) for s in seeds]
-        phi_gens = [torch.Generator().manual_seed(s + 0x5EED) for s in seeds]
+        noise_gens = [generator(s, device) for s in seeds]
+        phi_gens = [generator(s + PHI) for s in seeds]
         self.degradation.init_parameters(n, h, w, phi_gens, device)
         optimizer = self.make_optimizer()
         c = self.conversion(h, w, channels)

@@ -1,0 +1,60 @@
+"""Every random stream of the project, derived in one place from the run's seed and an index.
+
+A result must depend on (seed, index) only, never on the batch, the number of processes or a resume: each
+stream's seed is ``seed · STRIDE + index`` plus the stream's own offset, so two streams never share a seed for
+any (seed, index) a run meets. The values are part of the results (changing one changes every output of that
+stream), so they are fixed here once:
+
+==================  =====================================================  ==============================
+stream              what it draws                                          seed
+==================  =====================================================  ==============================
+``DATA``            input i's synthetic degradation; the held-out split     seed·STRIDE + i
+``SAMPLER``         input i's restoration noise (the sampler's seed s)      2⁴⁰ + seed·STRIDE + i
+``TRAINING``        training sample i's timestep and noise                  (2⁴² + seed·STRIDE + i) mod 2⁶³
+``CROPS``           training sample i's crop                                (0x5EEDC409·2³² + seed·STRIDE + i) mod 2⁶⁴
+dropout             the global generator at a training step of a process   ((seed·STRIDE + step)·1009 + rank + 2⁴³) mod 2⁶³
+==================  =====================================================  ==============================
+
+A sampler seed s has sub-streams: φ's initialisation (s + ``PHI``), a random class label (s + ``LABEL``), the
+held-out denoising loss's noise (s + ``DENOISING``). They are small offsets, so they meet the sampler seeds of
+other images (image i's denoising noise is image i + 208's restoration noise): never two draws of one image, and
+kept as they are because changing them would change every result.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+__all__ = ["STRIDE", "DATA", "SAMPLER", "TRAINING", "CROPS", "PHI", "LABEL", "DENOISING", "stream_seed",
+           "dropout_seed", "generator"]
+
+STRIDE = 1_000_003
+DATA = 0
+SAMPLER = 1 << 40
+TRAINING = 1 << 42
+CROPS = 0x5EED_C409_0000_0000
+DROPOUT = 1 << 43
+PHI = 0x5EED
+LABEL = 0x1ABE1
+DENOISING = 0xD0
+
+_MODULUS = {TRAINING: 2**63, CROPS: 2**64}
+
+
+def stream_seed(seed: int, index: int, stream: int = DATA) -> int:
+    """The seed of item ``index`` of a stream (see the table above)."""
+    value = stream + seed * STRIDE + int(index)
+    modulus = _MODULUS.get(stream)
+    return value % modulus if modulus else value
+
+
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global generator (dropout) at a training step of a process."""
+    return ((seed * STRIDE + step) * 1_009 + rank + DROPOUT) % 2**63
+
+
+def generator(seed: int, device: Optional[Union[str, torch.device]] = None) -> torch.Generator:
+    """A generator seeded with ``seed`` (on ``device``, default the CPU)."""
+    return (torch.Generator(device) if device is not None else torch.Generator()).manual_seed(int(seed))
