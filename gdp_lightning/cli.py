@@ -198,14 +198,16 @@ class GDPCLI(LightningCLI):
                 merged[key] = value
 
     def _run_subcommand(self, subcommand: str) -> None:
-        # the resolved config goes into the run record beside the outputs
+        # the writer's run record: the command and the resolved config, told to it (not planted on the model)
         config = self.config.get(subcommand, self.config) if subcommand else self.config
         parser = self._parser(subcommand) if subcommand else self.parser
         try:
-            self.model.run_config = parser.dump(config)
+            dumped = parser.dump(config)
         except Exception:  # noqa: BLE001 - the record is a convenience, never a reason to fail
-            self.model.run_config = None
-        self.model.run_command = self.command
+            dumped = None
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RestorationWriter):
+                callback.describe_run(self.command, dumped)
         super()._run_subcommand(subcommand)
 
 

@@ -273,8 +273,6 @@ class GDPModule(L.LightningModule):
         self._unet_fn: Optional[nn.Module] = None
         self.eval_means = nn.ModuleDict()
         self.dataset_metrics: Dict[str, float] = {}
-        self.run_config: Optional[str] = None  # the resolved CLI config, set by the CLI for the run record
-        self.run_command: Optional[List[str]] = None
         self._check_labels()
 
     def set_task(self, degradation: Optional[Degradation] = None, quality: Optional[List[QualityTerm]] = None) -> None:

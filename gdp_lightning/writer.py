@@ -100,10 +100,18 @@ class RestorationWriter(Callback):
         self._summarized = False
         self._earlier: List[str] = []
         self._lock: Optional[FolderLock] = None
+        #: what the run record says of the run: the command and its resolved config (see :meth:`describe_run`)
+        self.run_command: Optional[List[str]] = None
+        self.run_config: Optional[str] = None
         #: the inputs of the last summary without output, as ``"name (why)"`` (first process only)
         self.failed: List[str] = []
         #: the same as ``(name, why)``
         self.failures: List[Tuple[str, str]] = []
+
+    def describe_run(self, command: Optional[List[str]], config: Optional[str]) -> None:
+        """The command line of the run and its resolved config (YAML), for ``run.json`` and ``run.yaml``."""
+        self.run_command = list(command) if command is not None else None
+        self.run_config = config
 
     # ---------------------------------------------------------------- where
     @property
@@ -136,7 +144,7 @@ class RestorationWriter(Callback):
         if trainer.is_global_zero:
             try:
                 check_output_folder(self._dir, input_folders(datamodule, items))
-                self._lock = FolderLock(self._dir, getattr(pl_module, "run_command", None))
+                self._lock = FolderLock(self._dir, self.run_command)
                 self._lock.acquire()
                 removed = remove_temporary_files(self._dir)
                 if removed:
@@ -230,7 +238,7 @@ class RestorationWriter(Callback):
         record = {
             "stage": stage,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": getattr(pl_module, "run_command", None) or sys.argv,
+            "command": self.run_command or sys.argv,
             "gdp_lightning": __version__,
             "torch": torch.__version__,
             "lightning": L.__version__,
@@ -240,7 +248,7 @@ class RestorationWriter(Callback):
         }
         if self._earlier:  # a resumed run: when the runs that made the other outputs started
             record["earlier_starts"] = self._earlier
-        config = getattr(pl_module, "run_config", None)
+        config = self.run_config
         if config:
             record["config"] = config
             with atomic_path(self.directory / "run.yaml") as tmp:

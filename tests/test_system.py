@@ -246,7 +246,8 @@ def test_predict_end_to_end(tiny, tiny_prior, photos16, tmp_path, capfd):
     assert summary["images"] == 3
     run = json.loads((out / "run.json").read_text())
     weights = tiny["plain"][1]
-    assert run["stage"] == "predict"
+    assert run["stage"] == "predict" and run["command"][:2] == ["gdp", "predict"]  # the CLI told the writer
+    assert "--writer.output_dir" in run["command"] and yaml.safe_load(run["config"])["data"]["batch_size"] == 2
     assert Path(run["model"]["checkpoint"]) == weights.resolve()
     assert run["model"]["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert run["model"]["sampler"]["steps"] == "3"
