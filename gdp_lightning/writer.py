@@ -157,8 +157,12 @@ class RestorationWriter(Callback):
             raise InputError(problem)
         self._summarized = False
         self._earlier = []
-        if not self.overwrite and any(self.is_done(it.name) for it in items):
+        done = [it.name for it in items if self.is_done(it.name)]
+        if done:
             self._check_resume(trainer, pl_module)
+        skip_done = getattr(datamodule, "skip_done", None)
+        if skip_done is not None:  # the data module leaves them out of predict (it is told, it never asks)
+            skip_done(done)
 
     def _check_resume(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """A rerun skips the inputs already restored: only when the earlier run restored them the same way.

@@ -446,10 +446,10 @@ def test_real_mode_leaves_out_bad_files_before_anything_runs(tmp_path):
 def test_predict_skips_done_inputs_after_grouping(tmp_path):
     folder = real_folder(tmp_path)
     dm = GDPDataModule(input_dir=str(folder), batch_size=2)
-    done = SimpleNamespace(is_done=lambda name: name in {"a", "e", "d"})
-    dm.trainer = SimpleNamespace(callbacks=[object(), done], lightning_module=SimpleNamespace())
+    dm.trainer = SimpleNamespace(callbacks=[], lightning_module=SimpleNamespace())
     dm.setup("predict")
     assert dm.batches == [[0, 2], [1, 4], [3]]  # the writer knows its folder only after setup
+    dm.skip_done(["a", "e", "d"])  # as the writer tells it
     assert [b["name"] for b in dm.predict_dataloader()] == [["c"], ["b"]]
     assert dm.batches == [[2], [1]]  # c keeps its batch of its own, d's batch is gone
     dm.setup("test")  # only predict skips

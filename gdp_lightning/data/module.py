@@ -357,6 +357,7 @@ class GDPDataModule(L.LightningDataModule):
         self.sizes: List[Tuple[int, int]] = []
         self._all_batches: List[List[int]] = []
         self._observation_operator: Optional[Degradation] = None
+        self._done: set = set()
         self._prepared = False
 
     # ------------------------------------------------------------------ setup
@@ -490,14 +491,15 @@ class GDPDataModule(L.LightningDataModule):
             self._observation_operator = self._resolve_synthetic_operator()
         self._prepared = True
 
-    def _done_checks(self) -> List[Callable[[str], bool]]:
-        callbacks = (getattr(self.trainer, "callbacks", None) or []) if self.trainer is not None else []
-        return [cb.is_done for cb in callbacks if callable(getattr(cb, "is_done", None))]
+    def skip_done(self, names: Sequence[str]) -> None:
+        """The inputs an earlier run restored (the writer tells, once it knows its folder): the predict
+        dataloader leaves them out after grouping, so the other batches keep their composition."""
+        self._done = set(names)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Find the inputs, read their sizes and decode every file once (errors come before any restoration),
-        group them into batches. The predict dataloader leaves out the inputs a callback reports done
-        (``is_done(name)``) after grouping, so the other batches keep their composition."""
+        group them into batches. The predict dataloader leaves out the inputs it was told are done
+        (:meth:`skip_done`) after grouping, so the other batches keep their composition."""
         if stage == "fit":
             self._setup_fit()
             return
@@ -511,11 +513,10 @@ class GDPDataModule(L.LightningDataModule):
         self.batches = [list(b) for b in self._all_batches]
 
     def _drop_done(self) -> None:
-        """Leave out the inputs a callback reports done. Called when the predict dataloader is made: Lightning
-        sets up the data module before the callbacks, so a writer knows its folder only then."""
-        checks = self._done_checks()
-        if checks:
-            done = {p for p, item in enumerate(self.items) if any(check(item.name) for check in checks)}
+        """Leave out the inputs that are done. Called when the predict dataloader is made: Lightning sets up the
+        data module before the callbacks, so a writer knows its folder (and tells :meth:`skip_done`) only then."""
+        if self._done:
+            done = {p for p, item in enumerate(self.items) if item.name in self._done}
             batches = [[p for p in b if p not in done] for b in self._all_batches]
             self.batches = [b for b in batches if b]
             if done:
