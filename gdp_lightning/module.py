@@ -35,10 +35,10 @@ from .diffusion import GaussianDiffusion, randn
 from .diffusion.schedules import respacing_string
 from .errors import ConfigError, GDPError, InputError, warn
 from .metrics import ImageMetrics, to_8bit
-from .resources import available_bytes, estimate_bytes, format_bytes, format_seconds
-from .seeds import DENOISING, LABEL, SAMPLER, generator, stream_seed
 from .prior import PriorSpec, load_prior_weights
+from .resources import available_bytes, estimate_bytes, format_bytes, format_seconds
 from .sampling import GDPResult, GDPSampler, GuidanceDivergedError, QualityTerm, StepInfo
+from .seeds import DENOISING, LABEL, SAMPLER, generator, stream_seed
 from .training import (
     TrainingSettings,
     UniformTimesteps,

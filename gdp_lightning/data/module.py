@@ -22,10 +22,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..degradations import Degradation, load_kernel, load_mask
-from .batching import EMPTY_BATCH, ShardSampler, group_batches
-from .datasets import InputItem, check_image, find_inputs, image_size
 from ..errors import warn
 from ..seeds import DATA, stream_seed
+from .batching import EMPTY_BATCH, ShardSampler, group_batches
+from .datasets import InputItem, check_image, find_inputs, image_size
 from .images import DataError, read_image
 from .training import CropSampler, TrainingCrops
 
@@ -33,6 +33,8 @@ __all__ = ["GDPDataModule", "RestorationBatches", "quantize_observation", "resiz
 
 MODES = ("real", "synthetic")
 QUANTIZATIONS = ("round", "truncate", "none")
+
+
 def item_seed(seed: int, index: int) -> int:
     """The seed of input ``index``'s synthetic degradation (the ``DATA`` stream of :mod:`gdp_lightning.seeds`)."""
     return stream_seed(seed, index, DATA)

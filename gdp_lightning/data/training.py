@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .batching import ProcessSampler
 from ..seeds import CROPS, stream_seed
+from .batching import ProcessSampler
 from .images import DataError, read_image
 
 __all__ = ["TrainingCrops", "CropSampler", "crop_seed"]
+
 
 def crop_seed(seed: int, index: int) -> int:
     """The seed of training sample ``index``'s crop (the ``CROPS`` stream of :mod:`gdp_lightning.seeds`)."""

@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from ..degradations import Degradation
-from ..errors import GDPError
-from ..seeds import PHI, generator
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
+from ..errors import GDPError
 from ..losses import RECONSTRUCTION, QualityLoss
+from ..seeds import PHI, generator
 from .consistency import DataConsistency, supports_consistency
 from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
 from .tiling import Tiler
