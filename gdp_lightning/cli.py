@@ -287,16 +287,17 @@ def _failures(cli: GDPCLI) -> int:
     could not be used (their records say why; a rerun tries them again)."""
     trainer = getattr(cli, "trainer", None)
     writers = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, RestorationWriter)]
-    failed = [name for w in writers for name in w.failed]
-    if not failed:
+    failures = [f for w in writers for f in w.failures]
+    if not failures:
         return 0
-    reasons = {why for w in writers for _, why in w.failures}
-    if len(failed) > 1 and len(reasons) == 1 and "diverged at step" not in next(iter(reasons)):  # one cause
-        shown = f"{', '.join(n for w in writers for n, _ in w.failures[:3])}{' ...' if len(failed) > 3 else ''}, " \
+    failed = [text for w in writers for text in w.failed]
+    reasons = {f.why for f in failures}
+    diverged = any(f.diverged for f in failures)
+    if len(failures) > 1 and len(reasons) == 1 and not diverged:  # one cause
+        shown = f"{', '.join(f.name for f in failures[:3])}{' ...' if len(failures) > 3 else ''}, " \
                 f"all for one reason: {next(iter(reasons))}"
     else:
         shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
-    diverged = any("diverged at step" in f for f in failed)
     advice = (" (diverged: a smaller --model.sampler.scale or --model.sampler.on_divergence retry)"
               if diverged else "")
     print(f"gdp: {len(failed)} input(s) have no output: {shown}. Their records in {writers[0].directory} say "

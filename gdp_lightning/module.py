@@ -534,6 +534,7 @@ class GDPModule(L.LightningModule):
         if labels is not None:  # a class-conditional prior: the class each image was restored as
             for item, label in zip(items, labels.tolist()):
                 item["label"] = label
+        blind_spot: Optional[List[bool]] = None
         for scale, suffix in zip(scales, self._scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1)
             result, retries, used = self._restore_with_retries(y, seeds, labels, scale, context, size)
@@ -543,8 +544,8 @@ class GDPModule(L.LightningModule):
                 full = torch.where(gray, to_8bit(result.images.mean(1, keepdim=True)).expand_as(full), full)
             with torch.no_grad():
                 ax = self.degradation(full)[..., :oh, :ow]
-                # an image whose operator observes no pixel (an all-black mask) explains nothing: no consistency
-                blind_spot = (self.degradation(torch.ones_like(full))[..., :oh, :ow] == 0).flatten(1).all(1).tolist()
+            if blind_spot is None:  # once a batch, after the sampler set φ up: pixels the operator never observes
+                blind_spot = self._blind_spot(full, oh, ow, names)
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
             kept = self.settings.on_divergence == "keep"
             keep = [b for b, d in enumerate(result.diverged) if d is None or kept]  # diverged: not scored
@@ -564,10 +565,6 @@ class GDPModule(L.LightningModule):
             total = self.diffusion.num_timesteps
             blind = any(k.split(".")[-1].startswith("kernel") for k in self.degradation.learnable_parameters())
             kernel_scores = blind_kernel_scores(phi, batch.get("true_kernel") if blind else None, len(items))
-            unseen = [n for n, b in zip(names, blind_spot) if b]
-            if unseen:
-                warn(f"{', '.join(unseen[:3])}{' and more' if len(unseen) > 3 else ''}: the mask observes no pixel; "
-                     "the output is the prior's invention and gets no consistency score")
             for b, item in enumerate(items):
                 entry = {
                     "scale": scale,
@@ -586,6 +583,17 @@ class GDPModule(L.LightningModule):
                         entry.update(image=None, metrics={})
                 item["results"].append(entry)
         return {"items": items, "failed": list(batch.get("failed", [])), "stage": stage}
+
+    def _blind_spot(self, full: torch.Tensor, oh: int, ow: int, names: Sequence[str]) -> List[bool]:
+        """Per image: whether its operator observes no pixel (an all-black mask). Its output is the prior's
+        invention and gets no consistency score; a warning says so."""
+        with torch.no_grad():
+            blind = (self.degradation(torch.ones_like(full))[..., :oh, :ow] == 0).flatten(1).all(1).tolist()
+        unseen = [n for n, b in zip(names, blind) if b]
+        if unseen:
+            warn(f"{', '.join(unseen[:3])}{' and more' if len(unseen) > 3 else ''}: the mask observes no pixel; "
+                 "the output is the prior's invention and gets no consistency score")
+        return blind
 
     def _restore_or_fail(self, batch: Dict[str, Any], batch_idx: int, stage: str) -> Dict[str, Any]:
         """:meth:`restore_batch`, where a problem of these inputs (an :class:`InputError`: kernels of different

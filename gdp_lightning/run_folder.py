@@ -2,9 +2,10 @@
 
 * :func:`check_output_folder` refuses a folder that is, contains or lies inside a folder of the inputs (the
   outputs would overwrite the photos, or a rerun would take the outputs for new inputs), a path that is a file,
-  and a folder that cannot be written.
+  and a folder that cannot be made.
 * :class:`FolderLock` holds ``.gdp.lock`` in the folder with ``flock`` for the whole run (and removes it at the
-  end): a second run into the same folder stops with one line naming the first (its process, start time and
+  end); making that file is the test that the folder can be written (whatever the permission bits say to root,
+  an immutable folder or a read-only file system refuse it). A second run into the same folder stops with one line naming the first (its process, start time and
   command). The operating system drops the lock when the process ends, however it ends (``kill -9`` included), so
   a stale lock file never blocks.
 * :func:`remove_temporary_files` deletes the temporary files (``.<name>.*.tmp.<ext>``, see
@@ -52,8 +53,6 @@ def check_output_folder(output: Path, input_folders: Iterable[Path], option: str
     except OSError as e:
         raise InputError(f"{option} {where}: cannot make the folder ({_reason(e)}); give a folder you can write "
                          "to") from None
-    if not os.access(where, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {where}: cannot write to it (permission denied); give a folder you can write to")
 
 
 def _reason(error: OSError) -> str:

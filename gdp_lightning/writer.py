@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import lightning as L
 import torch
@@ -33,9 +33,17 @@ from .io import atomic_path
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings
 
-__all__ = ["RestorationWriter", "phi_summary", "input_folders"]
+__all__ = ["RestorationWriter", "Failure", "phi_summary", "input_folders"]
 
 RESERVED = ("run", "metrics")
+
+
+class Failure(NamedTuple):
+    """An input without output: its name, why, and whether its restoration diverged (else a file of it is bad)."""
+
+    name: str
+    why: str
+    diverged: bool
 
 
 def _number(x: float) -> float:
@@ -103,10 +111,13 @@ class RestorationWriter(Callback):
         #: what the run record says of the run: the command and its resolved config (see :meth:`describe_run`)
         self.run_command: Optional[List[str]] = None
         self.run_config: Optional[str] = None
-        #: the inputs of the last summary without output, as ``"name (why)"`` (first process only)
-        self.failed: List[str] = []
-        #: the same as ``(name, why)``
-        self.failures: List[Tuple[str, str]] = []
+        #: the inputs of the last summary without output (first process only)
+        self.failures: List[Failure] = []
+
+    @property
+    def failed(self) -> List[str]:
+        """:attr:`failures` as ``"name (why)"``."""
+        return [f"{f.name} ({f.why})" for f in self.failures]
 
     def describe_run(self, command: Optional[List[str]], config: Optional[str]) -> None:
         """The command line of the run and its resolved config (YAML), for ``run.json`` and ``run.yaml``."""
@@ -404,8 +415,6 @@ class RestorationWriter(Callback):
                            or p.stem not in RESERVED)
         rows: List[Dict[str, Any]] = []
         indices: Dict[str, int] = {}
-        failed: List[str] = []
-        self.failed = failed
         self.failures = []
         for name in names:
             path = self.directory / f"{name}.json"
@@ -414,8 +423,7 @@ class RestorationWriter(Callback):
             record = json.loads(path.read_text())
             if record.get("error"):  # an input that could not be used: no result
                 rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
-                failed.append(f"{name} ({record['error']})")
-                self.failures.append((name, record["error"]))
+                self.failures.append(Failure(name, record["error"], diverged=False))
                 indices[name] = record.get("index", len(indices))
                 continue
             for entry in record.get("results", []):
@@ -423,8 +431,7 @@ class RestorationWriter(Callback):
                     rows.append({"name": name, "scale": entry["scale"], "diverged": 1, "failed": 1,
                                  "diverged_step": entry.get("diverged_step"), "error": "diverged"})
                     reason = f"diverged at step {entry.get('diverged_step')} of {entry.get('steps')}"
-                    failed.append(f"{name} ({reason})")
-                    self.failures.append((name, reason))
+                    self.failures.append(Failure(name, reason, diverged=True))
                 elif "metrics" in entry:
                     rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
                                  "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
@@ -446,7 +453,7 @@ class RestorationWriter(Callback):
                 k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
                 for k in columns[2:] if k not in ("diverged_step", "failed", "error")
             }
-        summary = {"images": len({r["name"] for r in rows}), "failed": failed, "mean_by_scale": means,
+        summary = {"images": len({r["name"] for r in rows}), "failed": self.failed, "mean_by_scale": means,
                    "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
         _json_dump(self.directory / "metrics.json", summary)
         if trainer.state.fn == "predict":  # validate and test log their means through the module

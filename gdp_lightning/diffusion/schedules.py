@@ -85,16 +85,12 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
 def respacing_string(value) -> str:
     """A step count given as a number (``50`` in YAML) or a respacing string, as the string; ``ValueError`` for
     anything else (checks the form only: the diffusion checks the counts against its own steps)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{value!r}: give a step count >= 2 like 100, sections like '10,10,10', or 'ddim50'")
-    spec = str(value).strip()
+    spec = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
     counts = spec[len("ddim"):] if spec.startswith("ddim") else spec
     try:
         numbers = [int(c) for c in counts.split(",")]
-        valid = all(c >= 1 for c in numbers) and sum(numbers) >= 2 and (counts == spec or "," not in counts)
     except ValueError:
-        valid = False
-    if not valid:
+        numbers = []
+    if not numbers or min(numbers) < 1 or sum(numbers) < 2 or (counts != spec and len(numbers) > 1):
         raise ValueError(f"{value!r}: give a step count >= 2 like 100, sections like '10,10,10', or 'ddim50'")
     return spec
-

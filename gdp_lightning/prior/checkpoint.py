@@ -73,14 +73,19 @@ def _file_kind(path: Path) -> Optional[str]:
     return "not a PyTorch file"
 
 
+def _missing(path: PathLike) -> str:
+    """The start of the message of a missing checkpoint: the path, and the folder a relative one was looked for in."""
+    where = "" if Path(path).is_absolute() else f" (relative to the working folder {Path.cwd()})"
+    return f"{path}: no such checkpoint file{where}"
+
+
 def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False,
                     trust_option: str = "trust_checkpoint=True (gdp: --model.trust_checkpoint true)") -> Any:
     """``torch.load`` the file on the CPU, safely unless ``trust_checkpoint``; clear errors otherwise.
     ``trust_option``: how the caller's user allows pickles (named in the message when safe loading refuses)."""
     path = Path(path)
     if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to the working folder {Path.cwd()})"
-        raise CheckpointError(f"{path}: no such checkpoint file{where}; check the path or give an absolute one")
+        raise CheckpointError(f"{_missing(path)}; check the path or give an absolute one")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file; give the path of a .pt checkpoint")
     if path.stat().st_size == 0:
@@ -239,11 +244,8 @@ def load_prior_weights(
     """Load ``checkpoint`` into the UNet ``model`` built from ``spec`` (strict; clear errors that say where the
     released weights come from when the file is missing)."""
     if not Path(checkpoint).exists() and spec.source:
-        where = "" if Path(checkpoint).is_absolute() else f" (relative to the working folder {Path.cwd()})"
-        raise CheckpointError(
-            f"{checkpoint}: no such checkpoint file{where}; the weights of prior {spec.name or ''!s} come from "
-            f"{spec.source}; give their path with --model.prior.checkpoint"
-        )
+        raise CheckpointError(f"{_missing(checkpoint)}; the weights of prior {spec.name or ''!s} come from "
+                              f"{spec.source}; give their path with --model.prior.checkpoint")
     obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
     state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
     load_unet_weights(model, state_dict, source=str(checkpoint))

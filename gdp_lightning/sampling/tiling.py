@@ -45,9 +45,7 @@ class Tiler:
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """Tiles ordered image-major: tile ``j`` of image ``i`` is at ``i·T + j``."""
-        t = self.tile
-        tiles = [x[..., top : top + t, left : left + t] for top, left in self.boxes]
-        return torch.stack(tiles, dim=1).reshape(-1, *x.shape[1:-2], t, t)
+        return self.tiles_at(x, range(x.shape[0] * self.num_tiles))
 
     def tiles_at(self, x: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
         """The tiles at flat positions ``i·T + j`` (image i, tile j) of :meth:`split`, without making the others."""
@@ -70,13 +68,7 @@ class Tiler:
         return sums / self._count.to(sums.device, sums.dtype)
 
     def merge(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Average of the tiles over their overlaps."""
-        n = tiles.shape[0] // self.num_tiles
-        tiles = tiles.reshape(n, self.num_tiles, *tiles.shape[1:])
-        out = tiles.new_zeros(n, tiles.shape[2], self.height, self.width)
-        t = self.tile
-        for j, (top, left) in enumerate(self.boxes):
-            out[..., top : top + t, left : left + t] += tiles[:, j]
-        if self.num_tiles == 1:
-            return out
-        return out / self._count.to(out.device, out.dtype)
+        """Average of the tiles (all of :meth:`split`'s) over their overlaps."""
+        sums = tiles.new_zeros(tiles.shape[0] // self.num_tiles, tiles.shape[1], self.height, self.width)
+        self.accumulate(sums, tiles, range(tiles.shape[0]))
+        return self.average(sums)
