@@ -29,6 +29,7 @@ from gdp_lightning.cli import main
 from gdp_lightning.data import write_image
 
 from .helpers import KEEP, TINY, _tiny
+from .test_unchanged_outputs import check as check_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 5
@@ -95,6 +96,7 @@ def test_two_processes_restore_each_image_once_and_identically(setup_dir):
     assert summary["images"] == NUM_IMAGES
     rows = (root / "two_b1" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + NUM_IMAGES
+    check_hashes("ddp/predict", root / "two_b1", root)  # and as the recorded run made them
 
 
 def test_two_processes_resume_with_fewer_inputs_left_than_processes(setup_dir):

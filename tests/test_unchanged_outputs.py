@@ -1,0 +1,207 @@
+"""Outputs that must not change: the SHA-256 of every output of a fixed set of runs, against the values in
+``tests/fixtures/output_hashes.json``.
+
+The runs: ``gdp predict`` with every task config (``configs/task/*.yaml`` and ``paper/*.yaml``), a ``gdp test``
+in synthetic mode with its metrics, a scale sweep, a ``gdp fit`` of a few steps with its exported weights (and a
+predict with them); ``tests/test_ddp.py`` checks a two-process predict against the same file. A tiny random prior
+(32x32) and 2 to 3 diffusion steps keep them fast; every restoration is kept (``on_divergence: keep``).
+
+What is hashed: every image's decoded pixels (mode, size, bytes), the text of every record and table with the
+run's temporary folder replaced by ``<root>``, and every tensor of ``.pt`` files; not ``run.json``/``run.yaml``
+(times, versions, the command line).
+
+Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``) with
+one intra-op thread; elsewhere the test is skipped with the reason. After a change that is meant to change outputs,
+remake the file: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from gdp_lightning.benchmark import quantize, skimage_crops
+from gdp_lightning.cli import main
+from gdp_lightning.data import write_image
+
+from .conftest import REPO
+from .helpers import KEEP, TINY, _tiny
+
+HASHES = Path(__file__).parent / "fixtures" / "output_hashes.json"
+UPDATE = os.environ.get("GDP_UPDATE_OUTPUT_HASHES") == "1"
+TASKS = sorted((REPO / "configs" / "task").glob("*.yaml")) + sorted((REPO / "configs" / "task").glob("paper/*.yaml"))
+QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+NOT_HASHED = {"run.json", "run.yaml"}
+
+
+def platform() -> Dict[str, str]:
+    """What bit-identity depends on."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def file_hash(path: Path, root: Path) -> str:
+    if path.suffix == ".png":
+        with Image.open(path) as im:
+            pixels = np.asarray(im)
+            head = f"{im.mode} {im.size}".encode()
+        return hashlib.sha256(head + pixels.tobytes()).hexdigest()
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        digest = hashlib.sha256()
+        for key in sorted(state):
+            value = state[key]
+            digest.update(key.encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(f"{value.dtype} {tuple(value.shape)}".encode())
+                digest.update(value.detach().contiguous().view(torch.uint8).numpy().tobytes()
+                              if value.numel() else b"")
+            else:
+                digest.update(repr(value).encode())
+        return digest.hexdigest()
+    text = path.read_text().replace(str(root), "<root>")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def folder_hashes(folder: Path, root: Path) -> Dict[str, str]:
+    return {p.relative_to(folder).as_posix(): file_hash(p, root) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in NOT_HASHED}
+
+
+def expected(run: str) -> Dict[str, str]:
+    data = json.loads(HASHES.read_text()) if HASHES.is_file() else {}
+    if not UPDATE and data.get("platform") != platform():
+        pytest.skip(f"output hashes were recorded on {data.get('platform')}, this is {platform()}")
+    return data.get("runs", {}).get(run, {})
+
+
+def check(run: str, folder: Path, root: Path) -> None:
+    """The hashes of ``folder``'s outputs equal the recorded ones (or are recorded, when updating)."""
+    got = folder_hashes(folder, root)
+    assert got, f"{run}: no outputs in {folder}"
+    if UPDATE:
+        data = json.loads(HASHES.read_text()) if HASHES.is_file() else {}
+        data["platform"] = platform()
+        data.setdefault("runs", {})[run] = got
+        HASHES.parent.mkdir(parents=True, exist_ok=True)
+        HASHES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return
+    want = expected(run)
+    assert want, f"{run}: no recorded hashes in {HASHES}"
+    changed = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    assert not changed, f"{run}: outputs changed: {changed}"
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gdp"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A tiny random prior and the inputs of every task."""
+    root = tmp_path_factory.mktemp("unchanged")
+    torch.save(_tiny().state_dict(), root / "tiny.pt")
+    spec = {"name": "tiny", "unet": TINY, "diffusion": {"diffusion_steps": 1000}, "checkpoint": str(root / "tiny.pt")}
+    (root / "tiny.yaml").write_text(yaml.safe_dump({"model": {"prior": spec, "sampler": KEEP}}))
+    crops = skimage_crops(6, size=64, seed=11)
+    for i in range(2):
+        write_image(root / "low" / f"a{i}.png", quantize(F.avg_pool2d(crops[i : i + 1], 4))[0])  # 16x16
+        write_image(root / "photos" / f"b{i}.png", quantize(crops[i + 2 : i + 3, :, :32, :40])[0])  # 32x40
+        gray = (crops[i + 4].mean(0)[:32, :32] * 255).round().byte().numpy()
+        (root / "gray").mkdir(exist_ok=True)
+        Image.fromarray(gray, "L").save(root / "gray" / f"g{i}.png")
+        write_image(root / "masked" / f"b{i}.png", quantize(crops[i + 2 : i + 3, :, :32, :40])[0])
+        mask = (torch.rand(32, 40, generator=torch.Generator().manual_seed(i)) > 0.3).numpy().astype(np.uint8) * 255
+        Image.fromarray(mask, "L").save(root / "masked" / f"b{i}_mask.png")
+    scene = crops[0, :, :32, :32]
+    for k, gain in enumerate((0.3, 0.7, 1.6)):
+        write_image(root / "scenes" / "s0" / f"e{k}.png", quantize((scene * gain).clamp(0, 1)[None])[0])
+    for i, crop in enumerate(skimage_crops(6, size=64, seed=5)):
+        write_image(root / ("train" if i < 4 else "held") / f"t{i}.png", crop)
+    return root
+
+
+def inputs_for(config: Path, root: Path) -> List[str]:
+    name = config.stem
+    if name.startswith("hdr"):
+        return ["--data.input_dir", str(root / "scenes")]
+    if name.startswith("colorize"):
+        return ["--data.input_dir", str(root / "gray")]
+    if config == REPO / "configs" / "task" / "inpaint.yaml":
+        return ["--data.input_dir", str(root / "masked")]
+    if "sr4" in name:
+        return ["--data.input_dir", str(root / "low")]
+    return ["--data.input_dir", str(root / "photos")]
+
+
+def run(root: Path, command: str, config: Path, out: Path, *options: str, steps: int = 3) -> None:
+    argv = [command, "--config", str(root / "tiny.yaml"), "--config", str(config),
+            "--model.sampler.steps", str(steps), "--model.sampler.on_divergence", "keep", *QUIET,
+            "--trainer.logger.init_args.save_dir", str(out.parent / f"{out.name}_logs"),
+            "--writer.output_dir", str(out), *options]
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("config", TASKS, ids=lambda p: p.relative_to(REPO / "configs" / "task").as_posix())
+def test_predict_outputs_are_unchanged(config, root, capfd):
+    key = f"predict/{config.relative_to(REPO / 'configs' / 'task').as_posix()}"
+    expected(key)
+    out = root / key.replace("/", "_")
+    run(root, "predict", config, out, *inputs_for(config, root), "--data.batch_size", "2")
+    check(key, out, root)
+
+
+def test_test_stage_outputs_and_metrics_are_unchanged(root, capfd):
+    expected("test/sr4")
+    out = root / "test_sr4"
+    run(root, "test", REPO / "configs" / "task" / "sr4.yaml", out, "--data.input_dir", str(root / "train"),
+        "--data.mode", "synthetic", "--data.batch_size", "2")
+    check("test/sr4", out, root)
+
+
+def test_scale_sweep_outputs_are_unchanged(root, capfd):
+    expected("predict/sweep")
+    out = root / "sweep"
+    run(root, "predict", REPO / "configs" / "task" / "deblur.yaml", out, "--data.input_dir", str(root / "photos"),
+        "--model.sampler.guidance", "gradient", "--model.sampler.scales", "[300, 3000]")
+    check("predict/sweep", out, root)
+
+
+def test_fit_export_and_its_restorations_are_unchanged(root, capfd):
+    expected("fit/export")
+    logs = root / "fit_logs"
+    argv = ["fit", "--config", str(root / "tiny.yaml"), "--config", str(REPO / "configs" / "task" / "sr4.yaml"),
+            "--config", str(REPO / "configs" / "finetune.yaml"), "--data.input_dir", str(root / "train"),
+            "--data.val_dir", str(root / "held"), "--data.batch_size", "2", "--data.epoch_size", "4",
+            "--trainer.max_steps", "3", "--model.sampler.steps", "2", "--model.training.val_samples", "2",
+            "--model.training.val_sample_steps", "2", "--trainer.logger.init_args.save_dir", str(logs),
+            "--trainer.logger.init_args.version", "run", *QUIET]
+    assert main(argv) == 0
+    exported = root / "fit_export" / "weights.pt"
+    exported.parent.mkdir()
+    assert main(["export", str(logs / "finetune" / "run" / "checkpoints" / "last.ckpt"), str(exported)]) == 0
+    out = root / "fit_restored"
+    run(root, "predict", REPO / "configs" / "task" / "sr4.yaml", out, "--data.input_dir", str(root / "low"),
+        "--model.prior.checkpoint", str(exported))
+    check("fit/export", exported.parent, root)
+    check("fit/restored", out, root)
