@@ -27,7 +27,7 @@ def restore_in_batches(module, y: torch.Tensor, batch_size: int) -> torch.Tensor
         part = y[start : start + batch_size]
         indices = torch.arange(start, start + part.shape[0])
         batch = {"y": part, "name": [str(int(i)) for i in indices], "index": indices}
-        out += [item["results"][0]["image"] for item in module.restore_batch(batch)["items"]]
+        out += [item.results[0].image for item in module.restore_batch(batch).items]
     return torch.stack(out)
 
 

@@ -3,7 +3,7 @@ with the demo prior.
 
     .venv/bin/python benchmarks/finetune_eval.py            # after `make demo-prior` (or benchmarks/demo_data.py)
 
-First the denoising loss of each prior on the held-out crops (:func:`gdp_lightning.training.denoising_loss`: the
+First the denoising loss of each prior on the held-out crops (:func:`gdp_lightning.finetune.training.denoising_loss`: the
 improved-DDPM training loss, ε MSE plus the variational-bound term, at 8 evenly spread timesteps with seeded
 noise, as ``gdp fit``'s validation logs it: how well the prior models the domain).
 Then ``gdp validate`` (synthetic mode: each 64×64 held-out crop of ``logs/finetune/heldout`` is reduced 4× by
@@ -29,7 +29,7 @@ from gdp_lightning.cli import main as gdp
 from gdp_lightning.data import read_image
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.prior import PriorSpec, load_prior
-from gdp_lightning.training import denoising_loss
+from gdp_lightning.finetune.training import denoising_loss
 
 REPO = Path(__file__).resolve().parents[1]
 PRIORS = {

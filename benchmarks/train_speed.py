@@ -9,7 +9,7 @@ The timed step is the work of one ``gdp fit`` optimizer step (:meth:`GDPModule.t
 :meth:`GDPModule.on_train_batch_end`), written as a plain loop: uniform timesteps and Gaussian noise, the
 improved-DDPM hybrid loss of the diffusion core (:meth:`GaussianDiffusion.training_losses`), backward, gradient
 clipping at norm 1 (configs/finetune.yaml), AdamW, and the EMA update of the weights
-(:func:`gdp_lightning.training.update_ema`, decay 0.9999 with the warm-up). bf16 runs the UNet under autocast with
+(:func:`gdp_lightning.finetune.training.update_ema`, decay 0.9999 with the warm-up). bf16 runs the UNet under autocast with
 float32 weights (Lightning's bf16-mixed). Not timed: data loading, Lightning's loop and logging, the seeded per-sample
 generators of the timesteps and noise, validation and checkpoints. Random weights and data: the speed does not
 depend on them.
@@ -25,7 +25,7 @@ import torch
 
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.prior import get_preset, preset_names
-from gdp_lightning.training import ema_decay_at, update_ema
+from gdp_lightning.finetune.training import ema_decay_at, update_ema
 
 
 def measure(preset: str, batch: int, precision: str, checkpointing: bool, device: str, steps: int, warmup: int):

@@ -182,11 +182,12 @@ def restore(
         n = y.shape[0]
         batch = {"y": y, "name": [str(offset + i) for i in range(n)], "index": torch.arange(offset, offset + n)}
         out = module.restore_batch(batch)
-        for item in out["items"]:
-            r = item["results"][0]
-            results.append({"image": r["image"], "phi": r["phi"], "losses": r["losses"], "metrics": r["metrics"],
-                            "diverged": r.get("diverged"), "retries": r.get("retries", 0),
-                            "scale_used": r.get("scale_used", r["scale"])})
+        for item in out.items:
+            r = item.results[0]
+            diverged = None if r.diverged_step is None else {"step": r.diverged_step, "of": r.steps}
+            results.append({"image": r.image, "phi": r.phi, "losses": r.losses, "metrics": r.metrics,
+                            "diverged": diverged, "retries": r.retries,
+                            "scale_used": r.scale_used if r.retries else r.scale})
         offset += n
     if details:
         return results

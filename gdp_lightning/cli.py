@@ -19,6 +19,7 @@ ends with one line naming them and exit status 3; one stopped by SIGTERM, with e
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from .trajectory import TrajectoryLogger
 from .writer import RestorationWriter
 from .data import GDPDataModule
 from .errors import ConfigError, GDPError
+from .finetune import FinetuneModule
 from .module import GDPModule
 
 __all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_TERMINATED"]
@@ -123,13 +125,34 @@ class GDPArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
+#: the LightningModule of each subcommand (restoration for the others)
+MODULES = {"fit": FinetuneModule}
+
+
+def module_class(args: Sequence[str]) -> type:
+    """The LightningModule of the command line's subcommand."""
+    subcommand = next((a for a in args if not a.startswith("-")), None)
+    return MODULES.get(subcommand, GDPModule)
+
+
+def model_options(model_class: type) -> set:
+    """The option names (``--model.*``) of ``model_class``: its own and, through ``**kwargs``, its bases'."""
+    names = set()
+    for cls in model_class.__mro__:
+        if "__init__" in vars(cls) and issubclass(cls, GDPModule):
+            names |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
 class GDPCLI(LightningCLI):
-    """LightningCLI with the project's model, data module, writer and TensorBoard trajectory callback."""
+    """LightningCLI with the project's model (:class:`GDPModule`, or :class:`FinetuneModule` for ``fit``), data
+    module, writer and TensorBoard trajectory callback."""
 
     def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True):
         self.command = ["gdp", *(sys.argv[1:] if args is None else args)]
         super().__init__(
-            GDPModule,
+            module_class(self.command[1:]),
             GDPDataModule,
             subclass_mode_model=False,
             subclass_mode_data=False,
@@ -161,7 +184,7 @@ class GDPCLI(LightningCLI):
         export = GDPArgumentParser(description=EXPORT_HELP + " Usage: gdp export CHECKPOINT OUTPUT [--dtype float16]")
         subcommands.add_subcommand("export", export, help=EXPORT_HELP)
 
-    def before_instantiate_classes(self) -> None:
+    def _logs_follow_root_dir(self) -> None:
         """``--trainer.default_root_dir DIR``: the logger's relative ``save_dir`` (``logs`` in the configs) lies in
         DIR, so the TensorBoard logs, checkpoints and default outputs all go there."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -176,16 +199,48 @@ class GDPCLI(LightningCLI):
             if isinstance(save_dir, (str, os.PathLike)) and not Path(save_dir).is_absolute():
                 init["save_dir"] = str(Path(root) / save_dir)
 
+    def before_instantiate_classes(self) -> None:
+        self._logs_follow_root_dir()
+        self._baseline_as_sanity_check()
+
+    def _baseline_as_sanity_check(self) -> None:
+        """``gdp fit`` with ``training.baseline_validation``: a fresh run's sanity check validates on the whole
+        validation set (the baseline at step 0); a resumed run keeps the trainer's setting."""
+        if self.subcommand != "fit":
+            return
+        config = self.config["fit"]
+        training = config["model"].get("training")
+        baseline = getattr(training, "baseline_validation", None)
+        if baseline is None and hasattr(training, "get"):
+            baseline = training.get("baseline_validation")
+        if baseline and not config.get("ckpt_path"):
+            config["trainer"]["num_sanity_val_steps"] = -1
+
     def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path``: the checkpoint's stored hyper-parameters fill in the model options, but every option the
+        """``--ckpt_path``: the checkpoint's stored hyper-parameters fill in the model options (those this
+        subcommand's model takes: a fit checkpoint's training settings are not a restoration's), but every option the
         user gave (in a config file or on the command line) wins over them; Lightning's own merge would let the
         checkpoint's values (a fit's sampler settings) silently replace the user's."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
         given = self.config[subcommand].get("model")
         defaults = self._parser(subcommand).get_defaults().get("model")
-        super()._parse_ckpt_path()
+        import torch
+
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        accepted = model_options(self.model_class)
+        hparams = {k: v for k, v in hparams.items() if k in accepted}
+        if not hparams:
+            return
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
         if given is None or defaults is None:
             return
         merged = self.config[subcommand]["model"]

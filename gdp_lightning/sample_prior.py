@@ -14,14 +14,15 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torchvision.utils import save_image
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, randn
 from .io import atomic_path
 from .prior import CheckpointError, get_preset, load_prior, preset_names
+from .ranges import to_image
 from .seeds import DATA, generator, stream_seed
 
 __all__ = ["neighbour_correlation", "sample_prior", "main"]
@@ -35,6 +36,24 @@ def neighbour_correlation(images: torch.Tensor) -> torch.Tensor:
     right = right - right.mean(1, keepdim=True)
     denom = left.norm(dim=1) * right.norm(dim=1)
     return ((left * right).sum(1) / denom.clamp_min(1e-12)).float()
+
+
+@torch.no_grad()
+def draw_samples(unet: torch.nn.Module, diffusion: GaussianDiffusion, generators: Sequence[torch.Generator],
+                 size: int, *, labels: Optional[torch.Tensor] = None, method: str = "ddpm", batch_size: int = 16,
+                 device: Union[str, torch.device, None] = None, progress: bool = False) -> torch.Tensor:
+    """Samples of the prior in [0, 1], ``(len(generators), 3, size, size)``: sample i starts from noise drawn with
+    ``generators[i]``, which also draws its later noise (so it does not depend on the batch), and has class
+    ``labels[i]`` where the prior is class-conditional. ``gdp fit``'s validation samples and :func:`sample_prior`
+    are both drawn here."""
+    out = []
+    for start in range(0, len(generators), batch_size):
+        batch = list(generators[start : start + batch_size])
+        noise = randn((len(batch), 3, size, size), batch, device=batch[0].device).to(device)
+        kwargs = {} if labels is None else {"y": labels[start : start + len(batch)].to(device)}
+        x = diffusion.sample(unet, noise=noise, method=method, generator=batch, model_kwargs=kwargs, progress=progress)
+        out.append(to_image(x).clamp(0, 1).float().cpu())
+    return torch.cat(out)
 
 
 def sample_prior(
@@ -55,28 +74,13 @@ def sample_prior(
     spec = get_preset(preset)
     model = load_prior(spec, checkpoint, trust_checkpoint=trust_checkpoint, device=device)
     diffusion = GaussianDiffusion.from_prior(spec, respacing=steps)
-    size = spec.unet.image_size
-    out = []
-    for start in range(0, num, batch_size):
-        idx = range(start, min(num, start + batch_size))
-        generators = [generator(stream_seed(seed, i, DATA), device) for i in idx]
-        kwargs = {}
-        if spec.unet.class_cond:
-            labels = [
-                class_label if class_label is not None else int(torch.randint(1000, (1,), generator=g)) for g in generators
-            ]
-            kwargs["y"] = torch.tensor(labels, device=device)
-        x = diffusion.sample(
-            model,
-            (len(idx), 3, size, size),
-            method=method,
-            generator=generators,
-            device=device,
-            model_kwargs=kwargs,
-            progress=progress,
-        )
-        out.append(((x + 1) / 2).clamp(0, 1).cpu())
-    return torch.cat(out)
+    generators = [generator(stream_seed(seed, i, DATA), device) for i in range(num)]
+    labels = None
+    if spec.unet.class_cond:  # the one class, else a random class per sample (drawn before its noise)
+        labels = torch.tensor([class_label if class_label is not None else int(torch.randint(1000, (1,), generator=g))
+                               for g in generators], device=device)
+    return draw_samples(model, diffusion, generators, spec.unet.image_size, labels=labels, method=method,
+                        batch_size=batch_size, device=device, progress=progress)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .ranges import to_image
+
 __all__ = ["TrajectoryLogger"]
 
 
@@ -58,7 +60,7 @@ class TrajectoryLogger(Callback):
         for b in range(count):
             tag = f"{context.stage}/{context.names[b]}{suffix}"
             if keep:
-                x0 = ((info.pred_xstart[b].detach().float() + 1) / 2).clamp(0, 1).cpu()
+                x0 = to_image(info.pred_xstart[b].detach().float()).clamp(0, 1).cpu()
                 experiment.add_image(f"x0/{tag}", x0, global_step=info.step)
                 self._frames.setdefault(tag, []).append(x0)
             if self.scalars:

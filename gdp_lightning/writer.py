@@ -11,6 +11,7 @@ keeps a record of the run (``run.json``, see :mod:`.run_record`) and a summary o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -32,6 +33,7 @@ from .errors import InputError
 from .io import atomic_path
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings
+from .sampling.restorer import BatchResult, ImageResult, InputFailure
 
 __all__ = ["RestorationWriter", "Failure", "phi_summary", "input_folders"]
 
@@ -271,77 +273,75 @@ class RestorationWriter(Callback):
         _json_dump(self.directory / "run.json", record)
 
     # ---------------------------------------------------------------- write
-    def _write(self, outputs: Optional[Dict[str, Any]]) -> None:
-        if not outputs or "items" not in outputs:
+    def _write(self, outputs: Optional[BatchResult]) -> None:
+        if not isinstance(outputs, BatchResult):
             return
-        for failure in outputs.get("failed", []):
+        for failure in outputs.failed:
             self.write_failure(failure)
-        for item in outputs["items"]:
+        for item in outputs.items:
             self.write_item(item)
         # the loop keeps what predict_step returned: keep it small on long runs
-        outputs["items"] = [{"name": item["name"]} for item in outputs["items"]]
+        outputs.items = [dataclasses.replace(item, results=[], alpha=None) for item in outputs.items]
 
-    def write_failure(self, failure: Dict[str, Any]) -> None:
-        """The record of an input that could not be restored (``failure``: ``name``, ``index``, ``path``,
-        ``error``): no image, ``"failed": true`` and why; a rerun tries it again."""
-        _json_dump(self.directory / f"{failure['name']}.json", {
-            "name": failure["name"], "input": failure.get("path"), "index": failure.get("index"),
-            "process": self._rank, "failed": True, "error": failure["error"], "results": []})
+    def write_failure(self, failure: InputFailure) -> None:
+        """The record of an input that could not be restored: no image, ``"failed": true`` and why; a rerun tries
+        it again."""
+        _json_dump(self.directory / f"{failure.name}.json", {
+            "name": failure.name, "input": failure.path, "index": failure.index,
+            "process": self._rank, "failed": True, "error": failure.error, "results": []})
 
     def _record_rejected(self, trainer: "L.Trainer") -> None:
         """Inputs the data module left out (a file that cannot be used): recorded as failed, unless an earlier
         run restored them."""
         for item, problem in getattr(trainer.datamodule, "rejected", None) or []:
             if not self.is_done(item.name):
-                self.write_failure({"name": item.name, "index": item.index, "path": str(item.paths[0]),
-                                    "error": problem})
+                self.write_failure(InputFailure(item.name, item.index, str(item.paths[0]), problem))
 
-    def write_item(self, item: Dict[str, Any]) -> None:
-        name = item["name"]
+    def write_item(self, item: ImageResult) -> None:
+        name = item.name
         out = self.directory
-        results = item["results"]
+        results = item.results
         multi = len(results) > 1
         record: Dict[str, Any] = {
             "name": name,
-            "input": str(item.get("path")) if item.get("path") is not None else None,
-            "index": item["index"],
-            "seed": item["seed"],
+            "input": str(item.path) if item.path is not None else None,
+            "index": item.index,
+            "seed": item.seed,
             "process": self._rank,
             "results": [],
         }
-        if item.get("label") is not None:
-            record["label"] = item["label"]
+        if item.label is not None:
+            record["label"] = item.label
         for result in results:
-            suffix = f"_s{result['scale']:g}" if multi else ""
-            retried = {"retries": result["retries"], "scale_used": result["scale_used"]} if result.get("retries") else {}
-            diverged = result.get("diverged")
-            flags = {"diverged": True, "diverged_step": diverged["step"], "steps": diverged["of"]} if diverged else {}
-            if result.get("image") is None:  # no output: where it went wrong, and its last loss terms
+            suffix = f"_s{result.scale:g}" if multi else ""
+            retried = {"retries": result.retries, "scale_used": result.scale_used} if result.retries else {}
+            flags = ({"diverged": True, "diverged_step": result.diverged_step, "steps": result.steps}
+                     if result.diverged_step is not None else {})
+            if result.image is None:  # no output: where it went wrong, and its last loss terms
                 record["failed"] = True
                 record["results"].append({
-                    "scale": result["scale"], **flags, **retried,
-                    "losses": {k: _number(v) for k, v in result["losses"].items()},
+                    "scale": result.scale, **flags, **retried,
+                    "losses": {k: _number(v) for k, v in result.losses.items()},
                 })
                 continue
             image_path = out / f"{name}{suffix}.png"
-            write_image(image_path, result["image"], bits=item.get("bits", 8), alpha=item.get("alpha"),
-                        gray=item.get("gray", False))
+            write_image(image_path, result.image, bits=item.bits, alpha=item.alpha, gray=item.gray)
             entry: Dict[str, Any] = {
-                "scale": result["scale"],
+                "scale": result.scale,
                 "output": image_path.name,
                 "diverged": False,
                 **flags,  # on_divergence keep: written all the same, marked
                 **retried,
-                "losses": {k: _number(v) for k, v in result["losses"].items()},
-                "metrics": {k: _number(v) for k, v in result["metrics"].items()},
-                "phi": {k: phi_summary(v) for k, v in result["phi"].items()},
+                "losses": {k: _number(v) for k, v in result.losses.items()},
+                "metrics": {k: _number(v) for k, v in result.metrics.items()},
+                "phi": {k: phi_summary(v) for k, v in result.phi.items()},
             }
-            if self.save_phi and result["phi"]:
+            if self.save_phi and result.phi:
                 phi_path = out / f"{name}{suffix}.phi.pt"
                 with atomic_path(phi_path) as tmp:
-                    torch.save({k: v.detach().cpu().clone() for k, v in result["phi"].items()}, tmp)
+                    torch.save({k: v.detach().cpu().clone() for k, v in result.phi.items()}, tmp)
                 entry["phi_file"] = phi_path.name
-                for key, value in result["phi"].items():
+                for key, value in result.phi.items():
                     if _is_map(value):
                         picture = out / f"{name}{suffix}.{key}.png"
                         write_image(picture, _map_image(value))
@@ -353,18 +353,18 @@ class RestorationWriter(Callback):
         _json_dump(out / f"{name}.json", record)  # last: marks the input done
 
     @staticmethod
-    def write_sweep(item: Dict[str, Any], path: Path) -> None:
+    def write_sweep(item: ImageResult, path: Path) -> None:
         """The outputs of every scale side by side, each labelled with its scale."""
         from PIL import Image, ImageDraw
 
         tiles = []
-        for result in item["results"]:
-            image = result["image"]
+        for result in item.results:
+            image = result.image
             if image is None:
                 continue
             array = (image.double().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             tile = Image.fromarray(array, "RGB")
-            ImageDraw.Draw(tile).text((3, 2), f"s={result['scale']:g}", fill=(255, 255, 0))
+            ImageDraw.Draw(tile).text((3, 2), f"s={result.scale:g}", fill=(255, 255, 0))
             tiles.append(tile)
         if not tiles:
             return

@@ -223,7 +223,7 @@ def test_illumination_models():
 
     hdr = HDR(3, init="identity")
     hdr.init_parameters(2, 8, 10)
-    hdr.set_parameters(f=torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1).expand(2, 3, 1, 1))
+    hdr.set_inputs(f=torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1).expand(2, 3, 1, 1))
     y = hdr(x)
     assert y.shape == (2, 9, 8, 10) and hdr.num_observations == 3
     assert torch.allclose(y[:, 0:3], 0.5 * x) and torch.allclose(y[:, 6:9], 2 * x)
@@ -234,7 +234,7 @@ def test_illumination_models():
 
     smooth = LowLight(smoothness=2.0, init="identity")
     smooth.init_parameters(1, 3, 3)
-    smooth.set_parameters(M=torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 0]]).view(1, 1, 3, 3))
+    smooth.set_inputs(M=torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 0]]).view(1, 1, 3, 3))
     # vertical: one difference of 1 over 6 pairs; horizontal: two of 1 over 6 pairs; TV = 2 (1/6 + 2/6)
     assert smooth.regularization().item() == pytest.approx(2.0 * 2 * (1 / 6 + 2 / 6))
 
@@ -347,7 +347,7 @@ def test_correlate_applies_a_kernel_as_conv2d_does():
     assert torch.allclose(Blur(k.flip(0, 1), padding="valid")(x), conv2d, atol=1e-6)
     assert not torch.allclose(Blur(k, padding="valid")(x), conv2d, atol=1e-3)
     per_image = Blur(gaussian_kernel(9, 1.0), padding="valid", correlate=True)
-    per_image.set_kernel(k)  # a <name>_kernel side file: read the same way
+    per_image.set_inputs(kernel=k)  # a <name>_kernel side file: read the same way
     assert torch.allclose(per_image(x), conv2d, atol=1e-6)
 
 

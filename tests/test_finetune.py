@@ -1,5 +1,5 @@
 """Fine-tuning the prior: ``gdp fit`` (loss, resume, validation logs, precision), ``gdp export``, the pieces of
-:mod:`gdp_lightning.training`, the fit side of the data module, and the demo config.
+:mod:`gdp_lightning.finetune.training`, the fit side of the data module, and the demo config.
 
 The runs use a tiny random prior (32x32) and 3 to 20 training steps in-process.
 """
@@ -25,10 +25,10 @@ from gdp_lightning.data import GDPDataModule, write_image
 from gdp_lightning.data.images import DataError
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.errors import ConfigError
-from gdp_lightning.module import GDPModule
+from gdp_lightning.finetune import FinetuneModule
 from gdp_lightning.prior import PriorSpec, create_model, read_checkpoint
 from gdp_lightning.prior import unet as unet_module
-from gdp_lightning.training import (
+from gdp_lightning.finetune.training import (
     LossSecondMomentTimesteps,
     TrainingSettings,
     UniformTimesteps,
@@ -133,10 +133,10 @@ def events(folder: Path) -> List[EventAccumulator]:
 
 
 @pytest.fixture()
-def fitted(monkeypatch) -> List[GDPModule]:
+def fitted(monkeypatch) -> List[FinetuneModule]:
     """The modules ``gdp fit`` ran in this test, as they were at the end of fit."""
-    modules: List[GDPModule] = []
-    monkeypatch.setattr(GDPModule, "on_fit_end", lambda self: modules.append(self))
+    modules: List[FinetuneModule] = []
+    monkeypatch.setattr(FinetuneModule, "on_fit_end", lambda self: modules.append(self))
     return modules
 
 
@@ -215,7 +215,8 @@ def test_make_demo_prior_starts_from_an_empty_run_folder():
 def test_fit_validation_logs_a_baseline_samples_restorations_and_psnr(tiny, photos, tmp_path, capfd, fitted):
     checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.log_every_n_steps", "1", validate=True,
                       steps=4)
-    assert fitted[0].trainer.num_sanity_val_steps == 0  # configs/finetune.yaml's, again after the baseline
+    # the baseline is the sanity check over the whole validation set (the command sets it for a fresh run)
+    assert fitted[0].trainer.num_sanity_val_steps == float("inf")
     # resumed (into the same folder: a second event file), with Lightning's sanity check on: no second baseline
     fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.log_every_n_steps", "1", "--trainer.num_sanity_val_steps",
         "1", "--ckpt_path", str(checkpoints / "last.ckpt"), validate=True, steps=8)
@@ -244,7 +245,7 @@ def test_fit_validation_logs_a_baseline_samples_restorations_and_psnr(tiny, phot
 def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp_path, capfd, monkeypatch,
                                                                  checkpoint_calls):
     seen = {}
-    original = GDPModule.training_step
+    original = FinetuneModule.training_step
 
     def spy(self, batch, batch_idx):
         before = len(checkpoint_calls)
@@ -256,7 +257,7 @@ def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp
         seen.setdefault("checkpointed", []).append(len(checkpoint_calls) - before)
         return loss
 
-    monkeypatch.setattr(GDPModule, "training_step", spy)
+    monkeypatch.setattr(FinetuneModule, "training_step", spy)
     fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.precision", "bf16-mixed",
         "--model.training.gradient_checkpointing", "true", steps=2)
     # --model.training.gradient_checkpointing true: each of the tiny UNet's 14 blocks is checkpointed in each step
@@ -347,7 +348,7 @@ def test_fresh_fit_from_a_lightning_checkpoint_starts_from_its_ema(tiny, photos,
     trained = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
     assert any(not torch.equal(ema[k], trained[k]) for k in ema)
     start = {}
-    original = GDPModule.on_train_start
+    original = FinetuneModule.on_train_start
 
     def spy(self):
         start["unet"] = {k: v.clone() for k, v in self.unet.state_dict().items()}
@@ -355,7 +356,7 @@ def test_fresh_fit_from_a_lightning_checkpoint_starts_from_its_ema(tiny, photos,
         start["step"] = self.trainer.global_step
         original(self)
 
-    monkeypatch.setattr(GDPModule, "on_train_start", spy)
+    monkeypatch.setattr(FinetuneModule, "on_train_start", spy)
     fit(capfd, tiny, tmp_path / "b", photos, "--model.prior.checkpoint", str(checkpoints / "last.ckpt"), steps=1)
     assert start["step"] == 0  # a fresh run (not a resume)
     for weights in (start["unet"], start["ema"]):

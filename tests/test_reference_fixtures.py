@@ -214,7 +214,7 @@ def _task_setup(fx: dict, case: dict):
     if task == "lowlight":
         op = LowLight(init="identity")
         # clones: φ's step is in place and the fixture is cached for the other tests
-        op.set_parameters(f=case["f"].reshape(1, 1, 1, 1).clone(), M=case["M"][None, None].clone())
+        op.set_inputs(f=case["f"].reshape(1, 1, 1, 1).clone(), M=case["M"][None, None].clone())
         return op, []
     raise ValueError(f"unknown task {task!r} in the fixture")
 
@@ -264,7 +264,7 @@ def test_lowlight_map_step_is_the_official_one_at_twice_the_size(path: Path):
         size = case["x_t"].shape[-1]
         mosaic = lambda v: v.repeat(*([1] * (v.ndim - 2)), 2, 2)  # noqa: E731
         op = LowLight(init="identity")
-        op.set_parameters(f=case["f"].reshape(1, 1, 1, 1).clone(), M=mosaic(case["M"][None, None]))
+        op.set_inputs(f=case["f"].reshape(1, 1, 1, 1).clone(), M=mosaic(case["M"][None, None]))
         sampler = GDPSampler(model, diffusion, op, case["scale"], scale_convention="paper", phi_optimizer="sgd",
                              phi_lr=1.0, clip_denoised=bool(fx["clip_denoised"]), tile_size=size, tile_overlap=0)
         x_t = mosaic(case["x_t"])

@@ -285,7 +285,7 @@ def test_phi_update_order(unet, order):
     # the guidance used φ before ("before") or after ("after") that step
     probe = make()
     if order == "after":
-        probe.set_parameters(f=f_after, M=deg.M.detach())
+        probe.set_inputs(f=f_after, M=deg.M.detach())
     x0 = mv.pred_xstart.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(
         sampler.conversion(32, 32) * 900.0 * ((probe((x0 + 1) / 2) - y) ** 2).mean(), x0
@@ -314,7 +314,7 @@ def test_several_phi_steps_per_diffusion_step(unet):
         for _ in range(k):
             objective = ((ref((mv.pred_xstart + 1) / 2) - y) ** 2).mean() + ref.regularization().sum()
             gf, gm = torch.autograd.grad(objective, [ref.f, ref.M])
-            ref.set_parameters(f=ref.f.detach() - 0.7 * gf, M=ref.M.detach() - 0.7 * gm)
+            ref.set_inputs(f=ref.f.detach() - 0.7 * gf, M=ref.M.detach() - 0.7 * gm)
         assert torch.allclose(moved[k][0], ref.f, atol=1e-6) and torch.allclose(moved[k][1], ref.M, atol=1e-6)
         x0 = mv.pred_xstart.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(sampler.conversion(32, 32) * 900.0 * ((make()((x0 + 1) / 2) - y) ** 2).mean(), x0)

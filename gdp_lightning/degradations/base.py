@@ -9,6 +9,8 @@ Conventions:
   is (re)created for a batch by :meth:`Degradation.init_parameters`; learnable
   ones are ``nn.Parameter`` with ``requires_grad``, fixed ones are buffers;
 * linear operators provide :meth:`Degradation.adjoint` (A^T);
+* per-batch inputs (a mask, a kernel read from a side file, φ values) go in through one method,
+  :meth:`Degradation.set_inputs`; each operator names the ones it takes in ``inputs``;
 * ``num_observations`` is the number of observations stacked along the channels
   (several exposures of HDR); the data term sums over them.
 """
@@ -20,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["Degradation", "Compose", "GaussianNoise", "Identity"]
+__all__ = ["Degradation", "Compose", "GaussianNoise", "Identity", "per_image", "set_phi"]
 
 Generators = Optional[Sequence[torch.Generator]]
 
@@ -30,6 +32,10 @@ class Degradation(nn.Module):
 
     linear: bool = False
     num_observations: int = 1
+    #: its observations are gray (colorization): a gray input is what it expects, not a wish for a gray output
+    gray_observations: bool = False
+    #: the per-batch inputs :meth:`set_inputs` takes (``"mask"``, ``"kernel"``, φ names such as ``"f"``)
+    inputs: Tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,6 +74,23 @@ class Degradation(nn.Module):
         return self.output_channels(channels) * h * w
 
     # ---------------------------------------------------------- parameters φ
+    def takes(self, name: str) -> bool:
+        """Whether :meth:`set_inputs` takes ``name`` (here or, for a composition, in one of its parts)."""
+        return name in self.inputs
+
+    def set_inputs(self, **inputs: object) -> None:
+        """Give the operator per-batch inputs: side files' contents (``mask``, ``kernel``: one per image, or one
+        for all) or φ values (``f``, ``M``); ``None`` leaves an input as configured. An input the operator does
+        not take is an error."""
+        unknown = [name for name in inputs if not self.takes(name)]
+        if unknown:
+            takes = ", ".join(self.inputs) or "no per-batch inputs"
+            raise ValueError(f"{type(self).__name__} takes no {unknown[0]!r} (it takes {takes})")
+        self._set_inputs(**inputs)
+
+    def _set_inputs(self, **inputs: object) -> None:
+        """What :meth:`set_inputs` does with inputs named in ``inputs`` (operators that take some override it)."""
+
     def init_parameters(
         self,
         batch_size: int,
@@ -103,7 +126,7 @@ class Degradation(nn.Module):
         return False
 
 
-def _per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
+def per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
     """Broadcast a given parameter to a leading batch dimension of ``batch_size``."""
     value = torch.as_tensor(value, dtype=torch.float32)
     while value.ndim < ndim:
@@ -113,7 +136,7 @@ def _per_image(value: torch.Tensor, batch_size: int, ndim: int) -> torch.Tensor:
     return value.expand(batch_size, *value.shape[1:]).clone()
 
 
-def _set_phi(module: nn.Module, name: str, value: torch.Tensor, learnable: bool) -> None:
+def set_phi(module: nn.Module, name: str, value: torch.Tensor, learnable: bool) -> None:
     """(Re)register a per-image φ as a parameter (learnable) or a buffer (given)."""
     if name in module._parameters:
         del module._parameters[name]
@@ -191,6 +214,7 @@ class Compose(Degradation):
         if any(op.num_observations != 1 for op in list(self.operators)[:-1]):
             raise ValueError("only the last operator of a composition may stack several observations (HDR)")
         self.linear = all(op.linear for op in self.operators)
+        self.gray_observations = any(op.gray_observations for op in self.operators)
         self.num_observations = self.operators[-1].num_observations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,6 +266,14 @@ class Compose(Degradation):
         for op in self.operators:
             op.init_parameters(batch_size, height, width, generators, device)
             height, width = op.output_size(height, width)
+
+    def takes(self, name: str) -> bool:
+        return any(op.takes(name) for op in self.operators)
+
+    def _set_inputs(self, **inputs: object) -> None:
+        # each input goes to the first part that takes it
+        for name, value in inputs.items():
+            next(op for op in self.operators if op.takes(name)).set_inputs(**{name: value})
 
     def learnable_parameters(self) -> Dict[str, nn.Parameter]:
         return {f"{i}.{k}": p for i, op in enumerate(self.operators) for k, p in op.learnable_parameters().items()}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from .base import Degradation, _per_image, _set_phi
+from .base import Degradation, per_image, set_phi
 from .kernels import gaussian_kernel, kernel_from_spec, kernel_offset
 
 __all__ = ["Blur", "KernelOperator", "center_kernels", "convolve", "conv_adjoint", "kernel_least_squares",
@@ -102,9 +102,9 @@ class KernelOperator(Degradation):
 
     def _set_kernel(self, kernel: torch.Tensor) -> None:
         if self.learnable:
-            _set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
+            set_phi(self, "kernel_logits", torch.log(kernel.clamp_min(1e-4)), learnable=True)
         else:
-            _set_phi(self, "kernel_values", kernel, learnable=False)
+            set_phi(self, "kernel_values", kernel, learnable=False)
 
     def kernel(self) -> torch.Tensor:
         """The current kernel(s), ``(1 or N, 1, Kh, Kw)``, non-negative, summing to one."""
@@ -113,31 +113,35 @@ class KernelOperator(Degradation):
             return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
         return self.kernel_values
 
-    def set_kernel(self, kernel: torch.Tensor) -> None:
-        """Set the kernel(s) (``(K, K)`` or per image ``(N, 1, K, K)``), normalised to sum one."""
-        kernel = torch.as_tensor(kernel, dtype=torch.float32)
-        kernel = kernel[None, None] if kernel.ndim == 2 else kernel
-        if self.correlate:  # given as correlation-based code applies it
-            kernel = kernel.flip(-1, -2)
-        self._set_kernel(kernel / kernel.sum((-1, -2), keepdim=True))
-
     @property
     def kernel_size(self) -> Tuple[int, int]:
         given = getattr(self, "_batch_kernels", None)
         return tuple((self.initial_kernel if given is None else given).shape[-2:])
 
-    def use_kernels(self, kernels: Optional[torch.Tensor]) -> None:
-        """Start the next batch from these kernels (``(N, 1, K, K)``, one per image, e.g. read from files)
-        instead of the configured one; ``None`` returns to the configured kernel."""
-        if kernels is not None:
-            kernels = torch.as_tensor(kernels, dtype=torch.float32)
-            kernels = kernels / kernels.sum((-1, -2), keepdim=True)
-        self._batch_kernels = kernels
+    def _set_inputs(self, kernel: Union[torch.Tensor, Sequence[Optional[torch.Tensor]], None] = None) -> None:
+        """``kernel``: the kernel(s) to start from, read as the configured one is (``correlate`` rotates them):
+        ``(K, K)``, ``(N, 1, K, K)`` or a list with one per image, where ``None`` stands for the configured
+        kernel; every one is normalised to sum one. ``None`` returns to the configured kernel."""
+        if kernel is None:
+            self._batch_kernels = None
+            self._set_kernel(self.initial_kernel[None, None])
+            return
+        given = list(kernel) if isinstance(kernel, (list, tuple)) else [torch.as_tensor(kernel)]
+        stack = [self.initial_kernel if k is None else self._as_given(k) for k in given]
+        if len({tuple(k.shape[-2:]) for k in stack}) > 1:
+            raise ValueError("the kernels of one batch differ in size")
+        kernels = torch.cat([k.reshape(-1, 1, *k.shape[-2:]) for k in stack])
+        self._batch_kernels = kernels / kernels.sum((-1, -2), keepdim=True)
+        self._set_kernel(self._batch_kernels.to(self.initial_kernel.device))
+
+    def _as_given(self, kernel: torch.Tensor) -> torch.Tensor:
+        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        return kernel.flip(-1, -2) if self.correlate else kernel
 
     def init_parameters(self, batch_size, height, width, generators=None, device=None) -> None:
         given = getattr(self, "_batch_kernels", None)
         source = self.initial_kernel[None, None] if given is None else given
-        start = _per_image(source, batch_size, 4)
+        start = per_image(source, batch_size, 4)
         self._set_kernel(start.to(device or self.initial_kernel.device))
 
     def _phi_tensors(self) -> Dict[str, torch.Tensor]:
@@ -252,6 +256,7 @@ class Blur(KernelOperator):
     """
 
     linear = True
+    inputs = ("kernel",)
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ class Colorization(Degradation):
     """
 
     linear = True
+    gray_observations = True
 
     def __init__(self, weights: str = "mean", channels: int = 3):
         super().__init__()

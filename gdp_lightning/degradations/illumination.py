@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..losses import total_variation
-from .base import Degradation, _set_phi
+from .base import Degradation, set_phi
 
 __all__ = ["Illumination", "LowLight", "HDR", "Darken"]
 
@@ -44,6 +44,8 @@ class Illumination(Degradation):
         so a clipped highlight of a long exposure is explained by any brighter x instead of pulling x darker (no
         gradient where the model is at or past white). ``None`` (default, as the official code): never clipped.
     """
+
+    inputs = ("f", "M")
 
     def __init__(
         self,
@@ -88,18 +90,18 @@ class Illumination(Degradation):
                 raise ValueError(f"got {len(gens)} generators for a batch of {batch_size}")
             f = torch.stack([torch.randn(nf, 1, 1, generator=gen) / 100 for gen in gens])
             m = None if nm is None else torch.stack([torch.rand(*nm, generator=gen) / 10000 for gen in gens])
-        self.set_parameters(f=f.to(device) if device else f, M=None if m is None else (m.to(device) if device else m))
+        self._set_inputs(f=f.to(device) if device else f, M=None if m is None else (m.to(device) if device else m))
 
-    def set_parameters(self, f: Optional[torch.Tensor] = None, M: Optional[torch.Tensor] = None) -> None:
-        """Set f ``(N, groups·(1 or C), 1, 1)`` and M ``(N, groups, H, W)`` or ``(N, groups, 1, 1)``."""
+    def _set_inputs(self, f: Optional[torch.Tensor] = None, M: Optional[torch.Tensor] = None) -> None:
+        """φ values: f ``(N, groups·(1 or C), 1, 1)`` and M ``(N, groups, H, W)`` or ``(N, groups, 1, 1)``."""
         if f is not None:
-            _set_phi(self, "f", torch.as_tensor(f, dtype=torch.float32), self.learnable)
+            set_phi(self, "f", torch.as_tensor(f, dtype=torch.float32), self.learnable)
         if M is not None and self.offset != "none":
-            _set_phi(self, "M", torch.as_tensor(M, dtype=torch.float32), self.learnable)
+            set_phi(self, "M", torch.as_tensor(M, dtype=torch.float32), self.learnable)
 
     def _expanded(self, c: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not hasattr(self, "f"):
-            raise RuntimeError("call init_parameters (or set_parameters) before applying the illumination model")
+            raise RuntimeError("call init_parameters (or set_inputs) before applying the illumination model")
         e = self.num_observations
         f = self.f if self.factor == "channel" else self.f.repeat_interleave(c, dim=1)
         m = self.M.repeat_interleave(c, dim=1) if self.offset != "none" else None

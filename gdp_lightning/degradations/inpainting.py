@@ -24,11 +24,12 @@ class Inpainting(Degradation):
         file (see :func:`.masks.load_mask`: ``.npy`` of the GDP/DDRM protocol, PNG white = observed), a spec made
         at the image's size when first used: ``"random:0.25"`` (25 % of the pixels missing, the same pixels
         for every image of a size; ``"random:0.25:7"`` another draw) or ``"box:0.25"`` (a centred missing
-        square of a quarter of the area); or ``None``: every batch brings its masks (:meth:`set_mask`, e.g. from
-        ``<name>_mask.png`` files).
+        square of a quarter of the area); or ``None``: every batch brings its masks (``set_inputs(mask=...)``, e.g.
+        from ``<name>_mask.png`` files).
     """
 
     linear = True
+    inputs = ("mask",)
 
     def __init__(self, mask: Union[str, Path, torch.Tensor, None] = None):
         super().__init__()
@@ -69,8 +70,10 @@ class Inpainting(Degradation):
             raise ValueError(f"an inpainting mask must be (H, W) or (N, C, H, W), got shape {tuple(mask.shape)}")
         return mask
 
-    def set_mask(self, mask: Union[torch.Tensor, str, Path]) -> None:
-        """Replace the mask (e.g. one per image of the next batch)."""
+    def _set_inputs(self, mask: Union[torch.Tensor, str, Path, None] = None) -> None:
+        """``mask``: replace the mask (e.g. one per image of the next batch, from ``<name>_mask`` files)."""
+        if mask is None:
+            return
         device = self.mask.device if self.mask is not None else None
         self.mask = self._as_mask(mask).to(device)
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ranges import to_image
+
 __all__ = [
     "RECONSTRUCTION",
     "mse",
@@ -54,7 +56,7 @@ class QualityLoss(nn.Module):
 
     def prepare(self, x0: torch.Tensor) -> torch.Tensor:
         """x̃0 in [-1, 1] to the values this loss acts on."""
-        return (x0 + 1) / 2 if self.value_range == "[0,1]" else x0
+        return to_image(x0) if self.value_range == "[0,1]" else x0
 
 
 def total_variation(m: torch.Tensor) -> torch.Tensor:

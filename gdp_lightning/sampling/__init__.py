@@ -1,4 +1,5 @@
-"""The GDP sampling loop (pure torch): guidance, φ optimisation, scale conventions, tiling.
+"""The GDP sampling loop and the restoration of batches (pure torch): guidance, φ optimisation, scale conventions,
+tiling, the sampler's settings, class labels, and :class:`Restorer` (observations in, typed results out).
 
 Knows nothing of Lightning.
 """
@@ -13,9 +14,21 @@ from .gdp import (
     StepInfo,
     TrajectoryPoint,
 )
+from .labels import ClassLabels, read_labels
+from .restorer import BatchResult, ImageResult, InputFailure, Restorer, ScaleResult, StepContext
+from .settings import SamplerSettings
 from .tiling import Tiler, tile_starts
 
 __all__ = [
+    "BatchResult",
+    "ClassLabels",
+    "ImageResult",
+    "InputFailure",
+    "Restorer",
+    "SamplerSettings",
+    "ScaleResult",
+    "StepContext",
+    "read_labels",
     "GDPResult",
     "GDPSampler",
     "GuidanceDivergedError",

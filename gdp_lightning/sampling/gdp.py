@@ -40,6 +40,7 @@ from ..degradations import Degradation
 from ..diffusion import GaussianDiffusion, MeanVariance, randn
 from ..errors import GDPError
 from ..losses import RECONSTRUCTION, QualityLoss
+from ..ranges import to_image, to_model
 from ..seeds import PHI, generator
 from .consistency import DataConsistency, supports_consistency
 from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
@@ -342,7 +343,7 @@ class GDPSampler:
 
     def data_terms(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-image data term D_b for an image in [-1, 1] (x̃0 or x_t)."""
-        pred = self.degradation((image + 1) / 2)
+        pred = self.degradation(to_image(image))
         if pred.shape != y.shape:
             raise ValueError(
                 f"the degradation maps the image to {tuple(pred.shape)} but the observation is {tuple(y.shape)}"
@@ -397,7 +398,7 @@ class GDPSampler:
             return
         if self.phi_optimizer == "lstsq":
             if self.degradation.learnable_parameters():
-                self.degradation.fit_parameters(((image.detach() + 1) / 2).clamp(0, 1), y)
+                self.degradation.fit_parameters(to_image(image.detach()).clamp(0, 1), y)
             return
         if optimizer is None:
             return
@@ -466,7 +467,7 @@ class GDPSampler:
         shift = torch.zeros_like(x)  # x̃0 − x̂0 of the data-consistency step
         if proximal:  # x̃0 → x̂0: the posterior mean moves by c₁·(x̂0 − x̃0)
             noise_level = self.diffusion._extract("sqrt_recipm1_alphas_cumprod", t, x.ndim)
-            x0_hat = self.consistency((target + 1) / 2, y, noise_level) * 2 - 1
+            x0_hat = to_model(self.consistency(to_image(target), y, noise_level))
             if self.clip_denoised:
                 x0_hat = x0_hat.clamp(-1, 1)
             shift = target - x0_hat
@@ -531,8 +532,8 @@ class GDPSampler:
             monitor.bound(self.data_terms(gray, y))
             if exact:  # what the best image in [0, 1] leaves unexplained (a real photo: more than its noise)
                 far = torch.full((n, 1, 1, 1), 1e3, device=device, dtype=y.dtype)  # ρ → 0: least squares
-                best = self.consistency((gray + 1) / 2, y, far).clamp(0, 1)
-                monitor.explainable(self.data_terms(best * 2 - 1, y))
+                best = self.consistency(to_image(gray), y, far).clamp(0, 1)
+                monitor.explainable(self.data_terms(to_model(best), y))
         for i in steps:
             t = torch.full((n,), i, device=device, dtype=torch.long)
             noise = randn(x.shape, noise_gens, device=device) if (i > 0 and (self.method == "ddpm" or self.eta > 0)) else None
@@ -550,14 +551,14 @@ class GDPSampler:
                     TrajectoryPoint(
                         step=total - i,
                         timestep=int(self.diffusion.model_timesteps(t[:1])),
-                        x0=((mv.pred_xstart[:k] + 1) / 2).clamp(0, 1).cpu(),
+                        x0=to_image(mv.pred_xstart[:k]).clamp(0, 1).cpu(),
                         losses={name: v.cpu() for name, v in terms.items()},
                         phi={name: v[:k] for name, v in self.degradation.phi().items()},
                     )
                 )
-        images = ((x + 1) / 2).clamp(0, 1)
+        images = to_image(x).clamp(0, 1)
         with torch.no_grad():
-            monitor.update(total, self.data_terms(images * 2 - 1, y))  # the final image's data term
+            monitor.update(total, self.data_terms(to_model(images), y))  # the final image's data term
         return GDPResult(
             images=images,
             phi=self.degradation.phi(),

@@ -15,10 +15,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .diffusion import GaussianDiffusion, randn
-from .diffusion.schedules import respacing_string
-from .errors import ConfigError
-from .seeds import TRAINING, dropout_seed, generator, stream_seed
+from ..diffusion import GaussianDiffusion, randn
+from ..diffusion.schedules import respacing_string
+from ..errors import ConfigError
+from ..seeds import TRAINING, dropout_seed, generator, stream_seed
 
 __all__ = [
     "TrainingSettings",
