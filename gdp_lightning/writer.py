@@ -1,36 +1,31 @@
-"""The writer of restored images and learned φ (:class:`RestorationWriter`).
+"""The writer of restored images and learned φ (:class:`RestorationWriter`, a Lightning callback).
 
-It writes ``<name>.png`` per input (atomically), the learned φ beside it (``<name>.phi.pt``, a human-readable
-``<name>.json`` with the metrics, and ``<name>.<φ>.png`` for kernels and maps), records inputs that failed,
-skips inputs whose record exists (a killed run resumes), writes each image on one process only (the data module
-gives every batch to exactly one process), holds the output folder for the run (see :mod:`.run_folder`), and
-keeps a record of the run (``run.json``, see :mod:`.run_record`) and a summary of the metrics (``metrics.csv``,
-``metrics.json``).
+It writes every restored batch's files as they come (see :mod:`.outputs`: ``<name>.png``, ``<name>.phi.pt``,
+pictures of kernels and maps, ``<name>.json``), records inputs that failed, tells the data module which inputs an
+earlier run restored (a killed run resumes), writes each image on one process only (the data module gives every
+batch to exactly one process), holds the output folder for the run (see :mod:`.run_folder`), and keeps a record of
+the run (``run.json``, see :mod:`.run_record`) and a summary of the metrics (``metrics.csv``, ``metrics.json``).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from . import __version__
-from .data.images import write_image
 from .errors import InputError
 from .io import atomic_path
+from .outputs import Failure, json_dump, phi_summary, summarize_records, write_failure_record, write_record
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings
 from .sampling.restorer import BatchResult, ImageResult, InputFailure
@@ -38,44 +33,6 @@ from .sampling.restorer import BatchResult, ImageResult, InputFailure
 __all__ = ["RestorationWriter", "Failure", "phi_summary", "input_folders"]
 
 RESERVED = ("run", "metrics")
-
-
-class Failure(NamedTuple):
-    """An input without output: its name, why, and whether its restoration diverged (else a file of it is bad)."""
-
-    name: str
-    why: str
-    diverged: bool
-
-
-def _number(x: float) -> float:
-    return float(f"{float(x):.6g}")
-
-
-def phi_summary(value: torch.Tensor) -> Any:
-    """A small tensor as its values (6 significant digits), a large one as shape, mean, min and max."""
-    value = value.detach().float().cpu()
-    if value.numel() <= 16:
-        return [_number(v) for v in value.flatten().tolist()] if value.numel() > 1 else _number(value.item())
-    return {"shape": list(value.shape), "mean": _number(value.mean()), "min": _number(value.min()),
-            "max": _number(value.max())}
-
-
-def _is_map(value: torch.Tensor) -> bool:
-    """Kernel- or map-shaped φ (spatial, at least 3×3): worth a picture."""
-    return value.ndim >= 2 and value.shape[-1] >= 3 and value.shape[-2] >= 3
-
-
-def _map_image(value: torch.Tensor, min_side: int = 64) -> torch.Tensor:
-    """A φ map or kernel as a gray image in [0, 1] (scaled by its range; small kernels enlarged, nearest)."""
-    v = value.detach().float().cpu().reshape(-1, *value.shape[-2:])
-    v = torch.cat(list(v), dim=-1)[None]  # groups side by side
-    lo, hi = float(v.min()), float(v.max())
-    v = (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
-    factor = max(1, math.ceil(min_side / min(v.shape[-2:])))
-    if factor > 1:
-        v = F.interpolate(v[None], scale_factor=factor, mode="nearest")[0]
-    return v
 
 
 def input_folders(datamodule: Any, items: List[Any]) -> List[Path]:
@@ -86,11 +43,6 @@ def input_folders(datamodule: Any, items: List[Any]) -> List[Path]:
         if value:
             folders.add(Path(value))
     return sorted(folders)
-
-
-def _json_dump(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 class RestorationWriter(Callback):
@@ -270,7 +222,7 @@ class RestorationWriter(Callback):
             record["config"] = config
             with atomic_path(self.directory / "run.yaml") as tmp:
                 tmp.write_text(config)
-        _json_dump(self.directory / "run.json", record)
+        json_dump(self.directory / "run.json", record)
 
     # ---------------------------------------------------------------- write
     def _write(self, outputs: Optional[BatchResult]) -> None:
@@ -284,11 +236,11 @@ class RestorationWriter(Callback):
         outputs.items = [dataclasses.replace(item, results=[], alpha=None) for item in outputs.items]
 
     def write_failure(self, failure: InputFailure) -> None:
-        """The record of an input that could not be restored: no image, ``"failed": true`` and why; a rerun tries
-        it again."""
-        _json_dump(self.directory / f"{failure.name}.json", {
-            "name": failure.name, "input": failure.path, "index": failure.index,
-            "process": self._rank, "failed": True, "error": failure.error, "results": []})
+        """The record of an input that could not be restored (a rerun tries it again)."""
+        write_failure_record(self.directory, failure, self._rank)
+
+    def write_item(self, item: ImageResult) -> None:
+        write_record(self.directory, item, self._rank, self.save_phi)
 
     def _record_rejected(self, trainer: "L.Trainer") -> None:
         """Inputs the data module left out (a file that cannot be used): recorded as failed, unless an earlier
@@ -296,86 +248,6 @@ class RestorationWriter(Callback):
         for item, problem in getattr(trainer.datamodule, "rejected", None) or []:
             if not self.is_done(item.name):
                 self.write_failure(InputFailure(item.name, item.index, str(item.paths[0]), problem))
-
-    def write_item(self, item: ImageResult) -> None:
-        name = item.name
-        out = self.directory
-        results = item.results
-        multi = len(results) > 1
-        record: Dict[str, Any] = {
-            "name": name,
-            "input": str(item.path) if item.path is not None else None,
-            "index": item.index,
-            "seed": item.seed,
-            "process": self._rank,
-            "results": [],
-        }
-        if item.label is not None:
-            record["label"] = item.label
-        for result in results:
-            suffix = f"_s{result.scale:g}" if multi else ""
-            retried = {"retries": result.retries, "scale_used": result.scale_used} if result.retries else {}
-            flags = ({"diverged": True, "diverged_step": result.diverged_step, "steps": result.steps}
-                     if result.diverged_step is not None else {})
-            if result.image is None:  # no output: where it went wrong, and its last loss terms
-                record["failed"] = True
-                record["results"].append({
-                    "scale": result.scale, **flags, **retried,
-                    "losses": {k: _number(v) for k, v in result.losses.items()},
-                })
-                continue
-            image_path = out / f"{name}{suffix}.png"
-            write_image(image_path, result.image, bits=item.bits, alpha=item.alpha, gray=item.gray)
-            entry: Dict[str, Any] = {
-                "scale": result.scale,
-                "output": image_path.name,
-                "diverged": False,
-                **flags,  # on_divergence keep: written all the same, marked
-                **retried,
-                "losses": {k: _number(v) for k, v in result.losses.items()},
-                "metrics": {k: _number(v) for k, v in result.metrics.items()},
-                "phi": {k: phi_summary(v) for k, v in result.phi.items()},
-            }
-            if self.save_phi and result.phi:
-                phi_path = out / f"{name}{suffix}.phi.pt"
-                with atomic_path(phi_path) as tmp:
-                    torch.save({k: v.detach().cpu().clone() for k, v in result.phi.items()}, tmp)
-                entry["phi_file"] = phi_path.name
-                for key, value in result.phi.items():
-                    if _is_map(value):
-                        picture = out / f"{name}{suffix}.{key}.png"
-                        write_image(picture, _map_image(value))
-                        entry.setdefault("phi_pictures", {})[key] = picture.name
-            record["results"].append(entry)
-        if multi:
-            self.write_sweep(item, out / f"{name}_scales.png")
-            record["grid"] = f"{Path(name).name}_scales.png"
-        _json_dump(out / f"{name}.json", record)  # last: marks the input done
-
-    @staticmethod
-    def write_sweep(item: ImageResult, path: Path) -> None:
-        """The outputs of every scale side by side, each labelled with its scale."""
-        from PIL import Image, ImageDraw
-
-        tiles = []
-        for result in item.results:
-            image = result.image
-            if image is None:
-                continue
-            array = (image.double().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            tile = Image.fromarray(array, "RGB")
-            ImageDraw.Draw(tile).text((3, 2), f"s={result.scale:g}", fill=(255, 255, 0))
-            tiles.append(tile)
-        if not tiles:
-            return
-        width = sum(t.width for t in tiles) + 2 * (len(tiles) - 1)
-        grid = Image.new("RGB", (width, max(t.height for t in tiles)), (0, 0, 0))
-        x = 0
-        for tile in tiles:
-            grid.paste(tile, (x, 0))
-            x += tile.width + 2
-        with atomic_path(path) as tmp:
-            grid.save(tmp, format="PNG")
 
     # ---------------------------------------------------------------- hooks
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -413,49 +285,8 @@ class RestorationWriter(Callback):
             names = sorted(p.relative_to(self.directory).with_suffix("").as_posix()
                            for p in self.directory.rglob("*.json") if p.parent != self.directory
                            or p.stem not in RESERVED)
-        rows: List[Dict[str, Any]] = []
-        indices: Dict[str, int] = {}
-        self.failures = []
-        for name in names:
-            path = self.directory / f"{name}.json"
-            if not path.is_file():
-                continue
-            record = json.loads(path.read_text())
-            if record.get("error"):  # an input that could not be used: no result
-                rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
-                self.failures.append(Failure(name, record["error"], diverged=False))
-                indices[name] = record.get("index", len(indices))
-                continue
-            for entry in record.get("results", []):
-                if entry.get("diverged") and "output" not in entry:
-                    rows.append({"name": name, "scale": entry["scale"], "diverged": 1, "failed": 1,
-                                 "diverged_step": entry.get("diverged_step"), "error": "diverged"})
-                    reason = f"diverged at step {entry.get('diverged_step')} of {entry.get('steps')}"
-                    self.failures.append(Failure(name, reason, diverged=True))
-                elif "metrics" in entry:
-                    rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
-                                 "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
-                else:
-                    continue
-                indices[name] = record.get("index", len(indices))
-        extra = ["diverged", "diverged_step", "failed", "error"]
-        columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale", *extra}) + extra
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_path(self.directory / "metrics.csv") as tmp:
-            tmp.write_text(buffer.getvalue())
-        means: Dict[str, Dict[str, float]] = {}
-        for scale in sorted({r["scale"] for r in rows if r["scale"] is not None}):
-            chosen = [r for r in rows if r["scale"] == scale]
-            means[f"{scale:g}"] = {
-                k: _number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
-                for k in columns[2:] if k not in ("diverged_step", "failed", "error")
-            }
-        summary = {"images": len({r["name"] for r in rows}), "failed": self.failed, "mean_by_scale": means,
-                   "dataset": {k: _number(v) for k, v in getattr(pl_module, "dataset_metrics", {}).items()}}
-        _json_dump(self.directory / "metrics.json", summary)
+        dataset = getattr(pl_module, "dataset_metrics", {})
+        rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
             self._log_predict_metrics(trainer, rows, indices, means)
 
