@@ -30,6 +30,7 @@ of diffusion time does not change with the number of steps, the image size or th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -44,6 +45,7 @@ from ..ranges import to_image, to_model
 from ..seeds import PHI, generator
 from .consistency import DataConsistency, supports_consistency
 from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
+from .settings import SamplerOptions
 from .tiling import Tiler
 
 __all__ = ["GDPSampler", "GDPResult", "QualityTerm", "StepInfo", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
@@ -133,44 +135,9 @@ class GDPSampler:
     :param diffusion: the (respaced) diffusion the sampler walks.
     :param degradation: the forward model A_φ; its learnable φ are optimised per image.
     :param scale: guidance scale s (see the scale conventions above).
-    :param scale_convention: ``"paper"`` or ``"raw"``.
-    :param variant: ``"x0"`` (GDP-x0: the loss on x̃0) or ``"xt"`` (GDP-xt: the loss on x_t).
-    :param method: ``"ddpm"`` or ``"ddim"`` (``eta`` its stochasticity).
-    :param data_loss: ``"mse"`` or ``"l1"``.
+    :param options: how it guides (:class:`~gdp_lightning.sampling.SamplerOptions`; default: the official code's
+        rules); keyword ``overrides`` replace single options (``GDPSampler(..., phi_lr=0.1)``).
     :param quality: quality terms added to the guidance objective.
-    :param phi_optimizer: ``"adam"`` or ``"sgd"`` (plain gradient descent; lr 1 is the official update), or
-        ``"lstsq"``: φ moves by the operator's own least-squares solver towards the minimiser of its
-        data term for the step's x̃0 (:meth:`~gdp_lightning.degradations.Degradation.fit_parameters`; a blind
-        blur's kernel, warm-started from the last step's).
-    :param phi_start: φ is updated from this fraction of the steps on (0: from the first; x̃0 is a blurry mean at
-        high noise, which a least-squares fit explains with too narrow a kernel).
-    :param phi_lr: learning rate of φ.
-    :param phi_steps: optimiser steps on φ per diffusion step.
-    :param phi_update: ``"before"`` (guide with φ before its update, official) or ``"after"``.
-    :param tile_size: tile side for images larger than the prior (default: the prior's ``image_size``);
-        ``None`` with ``whole_image=True`` runs the UNet on the whole image.
-    :param tile_overlap: overlap of neighbouring tiles in pixels, or below 1 a fraction of the tile (default: a
-        quarter of the tile; the official code strides by half a tile, 0.5).
-    :param tile_batch: tiles per UNet forward.
-    :param whole_image: run the UNet on the whole image whatever its size (it must be a multiple of the
-        UNet's downsampling factor).
-    :param clip_denoised: clamp x̃0 to [-1, 1].
-    :param guidance: how the data term guides: ``"gradient"`` (GDP: μ moves along −s·∇ of the data term,
-        the official rule), ``"proximal"`` (x̃0 is replaced by the proximal solution of the data term,
-        :class:`~gdp_lightning.sampling.consistency.DataConsistency`: exact consistency, no scale; linear
-        operators without learnable φ only) or ``"auto"`` (proximal where it applies, else gradient). Quality
-        terms are gradient pushes under every rule.
-    :param noise_sigma: the observation's noise σ_y on the [0, 1] scale for the proximal rule (default: the σ of
-        the degradation's :class:`~gdp_lightning.degradations.GaussianNoise`, else 0).
-    :param quantization: step of the observation's values (1/255: 8-bit files); the proximal rule assumes at
-        least their rounding error as noise. 0: exact float observations.
-    :param confidence: the proximal rule's κ: x̃0's error as a fraction of x_t's noise level (0.5: about half).
-    :param prox_iterations: conjugate-gradient iterations of the proximal step at most.
-    :param guidance_substeps: split each step's push into this many gradient steps, each evaluated where the
-        previous ones moved the image (1: one push, the official update; 0: ``round(1000 / steps)``, one per
-        1000-step interval the step covers). The same total push at few steps without overshooting: a data
-        term whose push exceeds its curvature (deblurring at 25 steps) converges instead of diverging. No
-        extra UNet forward: each substep costs one evaluation of the loss and its gradient.
     :param trajectory_every: record the state every this many steps (0: never; the last step is
         always recorded when > 0).
     :param trajectory_images: how many images of the batch the trajectory keeps.
@@ -183,75 +150,57 @@ class GDPSampler:
         diffusion: GaussianDiffusion,
         degradation: Degradation,
         scale: float,
+        options: Optional[SamplerOptions] = None,
         *,
-        scale_convention: str = "paper",
-        variant: str = "x0",
-        method: str = "ddpm",
-        eta: float = 0.0,
-        data_loss: str = "mse",
         quality: Sequence[QualityTerm] = (),
-        phi_optimizer: str = "adam",
-        phi_lr: float = 0.02,
-        phi_steps: int = 1,
-        phi_update: str = "before",
-        phi_start: float = 0.0,
-        tile_size: Optional[int] = None,
-        tile_overlap: Optional[float] = None,
-        tile_batch: int = 16,
-        whole_image: bool = False,
-        clip_denoised: bool = True,
-        guidance: str = "gradient",
-        noise_sigma: Optional[float] = None,
-        quantization: float = 1 / 255,
-        confidence: float = 0.5,
-        prox_iterations: int = 50,
-        guidance_substeps: int = 1,
         trajectory_every: int = 0,
         trajectory_images: int = 4,
         progress: bool = False,
+        **overrides: object,
     ):
+        o = dataclasses.replace(options or SamplerOptions(), **overrides)
         for name, value, allowed in (
-            ("scale_convention", scale_convention, ("paper", "raw")),
-            ("variant", variant, ("x0", "xt")),
-            ("method", method, ("ddpm", "ddim")),
-            ("data_loss", data_loss, tuple(RECONSTRUCTION)),
-            ("phi_optimizer", phi_optimizer, ("adam", "sgd", "lstsq")),
-            ("phi_update", phi_update, ("before", "after")),
-            ("guidance", guidance, ("gradient", "proximal", "auto")),
+            ("scale_convention", o.scale_convention, ("paper", "raw")),
+            ("variant", o.variant, ("x0", "xt")),
+            ("method", o.method, ("ddpm", "ddim")),
+            ("data_loss", o.data_loss, tuple(RECONSTRUCTION)),
+            ("phi_optimizer", o.phi_optimizer, ("adam", "sgd", "lstsq")),
+            ("phi_update", o.phi_update, ("before", "after")),
+            ("guidance", o.guidance, ("gradient", "proximal", "auto")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if phi_steps < 0 or tile_batch < 1 or guidance_substeps < 0:
+        if o.phi_steps < 0 or o.tile_batch < 1 or o.guidance_substeps < 0:
             raise ValueError("phi_steps and guidance_substeps must be >= 0 and tile_batch >= 1")
-        self.unet, self.diffusion, self.degradation = unet, diffusion, degradation
-        self.scale, self.scale_convention = float(scale), scale_convention
-        self.variant, self.method, self.eta = variant, method, float(eta)
-        self.data_loss = RECONSTRUCTION[data_loss]
-        self.quality = list(quality)
-        self.phi_optimizer, self.phi_lr, self.phi_steps, self.phi_update = phi_optimizer, phi_lr, phi_steps, phi_update
-        if not 0.0 <= phi_start <= 1.0:
-            raise ValueError(f"phi_start must be in [0, 1], got {phi_start}")
-        self.phi_start = float(phi_start)
-        if (phi_optimizer == "lstsq" and degradation.learnable_parameters()
+        if not 0.0 <= o.phi_start <= 1.0:
+            raise ValueError(f"phi_start must be in [0, 1], got {o.phi_start}")
+        if (o.phi_optimizer == "lstsq" and degradation.learnable_parameters()
                 and type(degradation).fit_parameters is Degradation.fit_parameters):
             raise ValueError(f"phi_optimizer 'lstsq' needs an operator with an exact solve of φ (a blind Blur); "
                              f"{type(degradation).__name__} has none: use 'adam'")
-        prior_size = getattr(unet, "image_size", None)
-        self.tile_size = tile_size or prior_size
-        self.tile_overlap = tile_overlap
-        if self.tile_size and not 0 <= tile_overlap_pixels(tile_overlap, self.tile_size) < self.tile_size:
-            raise ValueError(f"tile_overlap must be below the tile's {self.tile_size} pixels, got {tile_overlap}")
-        self.tile_batch = tile_batch
-        self.whole_image = whole_image or self.tile_size is None
-        self.clip_denoised = clip_denoised
-        self.guidance_substeps = guidance_substeps
-        self.guidance_rule = guidance
-        self.data_loss_name = data_loss
-        if noise_sigma is None:
-            noise_sigma = degradation.noise_sigma()
-        self.noise_sigma = float(noise_sigma)
-        self.consistency = DataConsistency(degradation, noise_sigma, quantization, confidence, prox_iterations)
-        if guidance == "proximal":
+        self.options = o
+        self.unet, self.diffusion, self.degradation = unet, diffusion, degradation
+        self.scale, self.scale_convention = float(scale), o.scale_convention
+        self.variant, self.method, self.eta = o.variant, o.method, float(o.eta)
+        self.data_loss = RECONSTRUCTION[o.data_loss]
+        self.quality = list(quality)
+        self.phi_optimizer, self.phi_lr, self.phi_steps, self.phi_update = (o.phi_optimizer, o.phi_lr, o.phi_steps,
+                                                                            o.phi_update)
+        self.phi_start = float(o.phi_start)
+        self.tile_size = o.tile_size or getattr(unet, "image_size", None)
+        self.tile_overlap = o.tile_overlap
+        if self.tile_size and not 0 <= tile_overlap_pixels(o.tile_overlap, self.tile_size) < self.tile_size:
+            raise ValueError(f"tile_overlap must be below the tile's {self.tile_size} pixels, got {o.tile_overlap}")
+        self.tile_batch = o.tile_batch
+        self.whole_image = o.whole_image or self.tile_size is None
+        self.clip_denoised = o.clip_denoised
+        self.guidance_substeps = o.guidance_substeps
+        self.guidance_rule = o.guidance
+        self.data_loss_name = o.data_loss
+        self.noise_sigma = float(degradation.noise_sigma() if o.noise_sigma is None else o.noise_sigma)
+        self.consistency = DataConsistency(degradation, self.noise_sigma, o.quantization, o.confidence,
+                                           o.prox_iterations)
+        if o.guidance == "proximal":
             self._check_proximal()
         self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
         self.progress = progress

@@ -139,11 +139,9 @@ class Restorer:
         return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
 
     def make_sampler(self, scale: float) -> GDPSampler:
-        options = self.settings.sampler_options()
-        options["tile_size"] = options["tile_size"] or self.unet.image_size
         try:
-            return GDPSampler(self.unet, self.diffusion, self.degradation, scale, quality=self.quality,
-                              progress=self.progress, **options)
+            return GDPSampler(self.unet, self.diffusion, self.degradation, scale, self.settings.options(),
+                              quality=self.quality, progress=self.progress)
         except ValueError as e:  # an option the sampler refuses: one line naming it
             raise ConfigError(f"--model.sampler: {e}") from None
 
