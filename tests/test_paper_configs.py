@@ -79,7 +79,7 @@ def _paper(name: str) -> dict:
 def test_paper_enhancement_configs_tile_as_the_official_scripts(name, size, tiles):
     """The official low-light and HDR scripts restore 256×256 patches every 128 pixels (12 on LOL's 400×600, 112 on
     the 1060×1900 HDR scene) and have their quality terms commented out."""
-    from gdp_lightning.sampling.gdp import tile_overlap_pixels
+    from gdp_lightning.sampling.tiling import tile_overlap_pixels
     from gdp_lightning.sampling.tiling import Tiler
 
     model = _paper(name)
@@ -94,7 +94,7 @@ def test_paper_enhancement_configs_tile_as_the_official_scripts(name, size, tile
 
 
 def test_tile_overlap_as_a_fraction_of_the_tile():
-    from gdp_lightning.sampling.gdp import tile_overlap_pixels
+    from gdp_lightning.sampling.tiling import tile_overlap_pixels
 
     assert tile_overlap_pixels(None, 64) == 16
     assert tile_overlap_pixels(0.5, 64) == 32 and tile_overlap_pixels(0.5, 256) == 128

@@ -113,7 +113,7 @@ def test_tiles_reproduce_the_whole_image_with_a_pointwise_prior(size):
     whole = run(whole_image=True)
     tiled = [run(tile_overlap=5, tile_batch=b) for b in (1, 7)]
     sampler = GDPSampler(PointwiseUNet(), _diffusion(), Inpainting(mask), 1.0, tile_overlap=5)
-    assert sampler.tiler(*size).num_tiles > 1  # the tiled path really ran
+    assert sampler.denoiser.tiler(*size).num_tiles > 1  # the tiled path really ran
     for out in tiled:
         assert torch.allclose(out.images, whole.images, atol=1e-5, rtol=0)
         assert torch.allclose(out.phi["0.kernel"], whole.phi["0.kernel"], atol=1e-5, rtol=0)
@@ -126,15 +126,15 @@ def test_model_size_image_is_the_same_tiled_and_untiled(unet, monkeypatch):
     deg = SuperResolution(4)
     sampler = GDPSampler(unet, _diffusion(), deg, 2000.0, tile_size=32)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 3])
-    whole, tiled = sampler._forward_whole(x, t, None), sampler._forward_tiled(x, t, None)
-    assert sampler.tiler(32, 32).num_tiles == 1
+    whole, tiled = sampler.denoiser.whole(x, t, None), sampler.denoiser.tiled(x, t, None)
+    assert sampler.denoiser.tiler(32, 32).num_tiles == 1
     for name in ("mean", "log_variance", "pred_xstart"):
         assert torch.allclose(getattr(tiled, name), getattr(whole, name), atol=1e-6, rtol=0), name
 
     y = deg(torch.rand(2, 3, 32, 32))
     untiled = GDPSampler(unet, _diffusion(), SuperResolution(4), 2000.0, tile_size=32).restore(y, seeds=[3, 4])
     forced = GDPSampler(unet, _diffusion(), SuperResolution(4), 2000.0, tile_size=32)
-    monkeypatch.setattr(forced, "_forward_whole", forced._forward_tiled)  # every step through the tiler
+    monkeypatch.setattr(forced.denoiser, "whole", forced.denoiser.tiled)  # every step through the tiler
     assert torch.allclose(forced.restore(y, seeds=[3, 4]).images, untiled.images, atol=1e-6, rtol=0)
 
 

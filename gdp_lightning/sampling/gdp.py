@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..degradations import Degradation
-from ..diffusion import GaussianDiffusion, MeanVariance, randn
+from ..diffusion import GaussianDiffusion, randn
 from ..errors import GDPError
 from ..losses import RECONSTRUCTION, QualityLoss
 from ..ranges import to_image, to_model
@@ -46,7 +46,7 @@ from ..seeds import PHI, generator
 from .consistency import DataConsistency, supports_consistency
 from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
 from .settings import SamplerOptions
-from .tiling import Tiler
+from .tiling import TiledPrior
 
 __all__ = ["GDPSampler", "GDPResult", "QualityTerm", "StepInfo", "TrajectoryPoint", "GuidanceDivergedError", "PAPER_STEPS", "PAPER_SIZE"]
 
@@ -117,17 +117,6 @@ class GDPResult:
     diverged: List[Optional[int]] = field(default_factory=list)
 
 
-def tile_overlap_pixels(overlap: Optional[float], tile: int) -> int:
-    """The overlap in pixels: ``None`` a quarter tile, below 1 that fraction of the tile, else pixels."""
-    if overlap is None:
-        return tile // 4
-    if 0 < overlap < 1:
-        return int(round(overlap * tile))
-    if overlap != int(overlap):
-        raise ValueError(f"tile_overlap is pixels (a whole number) or a fraction of the tile below 1, got {overlap}")
-    return int(overlap)
-
-
 class GDPSampler:
     """GDP restoration with a pretrained diffusion prior and a degradation model.
 
@@ -188,12 +177,10 @@ class GDPSampler:
                                                                             o.phi_update)
         self.phi_start = float(o.phi_start)
         self.tile_size = o.tile_size or getattr(unet, "image_size", None)
-        self.tile_overlap = o.tile_overlap
-        if self.tile_size and not 0 <= tile_overlap_pixels(o.tile_overlap, self.tile_size) < self.tile_size:
-            raise ValueError(f"tile_overlap must be below the tile's {self.tile_size} pixels, got {o.tile_overlap}")
-        self.tile_batch = o.tile_batch
-        self.whole_image = o.whole_image or self.tile_size is None
         self.clip_denoised = o.clip_denoised
+        #: the prior's μ, log Σ and x̃0 of a whole image (in tiles where it is larger than the prior)
+        self.denoiser = TiledPrior(unet, diffusion, self.tile_size, o.tile_overlap, o.tile_batch,
+                                o.whole_image or self.tile_size is None, o.clip_denoised)
         self.guidance_substeps = o.guidance_substeps
         self.guidance_rule = o.guidance
         self.data_loss_name = o.data_loss
@@ -204,7 +191,6 @@ class GDPSampler:
             self._check_proximal()
         self.trajectory_every, self.trajectory_images = trajectory_every, trajectory_images
         self.progress = progress
-        self._tiler: Optional[Tiler] = None
 
     # ------------------------------------------------------------ rules
     def _check_proximal(self) -> None:
@@ -235,61 +221,6 @@ class GDPSampler:
         return PAPER_STEPS / self.diffusion.num_timesteps * numel / reference
 
     # ------------------------------------------------------------ pieces
-    def _forward_tiles(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
-        """μ, log Σ, x̃0 of the whole image, from tiles averaged over overlaps (or one forward when the image is
-        exactly one tile, or ``whole_image``)."""
-        h, w = x.shape[-2:]
-        if self.whole_image or (h == self.tile_size and w == self.tile_size):
-            return self._forward_whole(x, t, labels)
-        return self._forward_tiled(x, t, labels)
-
-    def _forward_whole(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
-        """One UNet forward on the whole image."""
-        kwargs = {} if labels is None else {"y": labels}
-        with torch.no_grad():
-            out = self.unet(x, self.diffusion.model_timesteps(t), **kwargs)
-        return self.diffusion.mean_variance_from_output(out, x, t, clip_denoised=self.clip_denoised)
-
-    def _forward_tiled(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor]) -> MeanVariance:
-        """UNet forwards on tiles of ``tile_size`` (``tile_batch`` at a time), averaged over their overlaps. Each
-        group of tiles is cut, run and added into the full-size sums at once, so the memory beyond the image's
-        own state is that of one group whatever the image's size."""
-        model_t = self.diffusion.model_timesteps(t)
-        n, channels = x.shape[0], x.shape[1]
-        tiler = self.tiler(*x.shape[-2:])
-        total = n * tiler.num_tiles
-        sums = {key: x.new_zeros(n, channels, *x.shape[-2:]) for key in ("mean", "log_variance", "pred_xstart")}
-        with torch.no_grad():
-            for start in range(0, total, self.tile_batch):
-                positions = list(range(start, min(total, start + self.tile_batch)))
-                images = torch.tensor([p // tiler.num_tiles for p in positions], device=x.device)
-                tiles = tiler.tiles_at(x, positions)
-                kwargs = {} if labels is None else {"y": labels[images]}
-                out = self.unet(tiles, model_t[images], **kwargs)
-                mv = self.diffusion.mean_variance_from_output(out, tiles, t[images], clip_denoised=self.clip_denoised)
-                for key, value in sums.items():
-                    tiler.accumulate(value, getattr(mv, key), positions)
-                del out, mv, tiles
-        log_variance = tiler.average(sums["log_variance"])
-        return MeanVariance(
-            mean=tiler.average(sums["mean"]),
-            variance=torch.exp(log_variance),
-            log_variance=log_variance,
-            pred_xstart=tiler.average(sums["pred_xstart"]),
-        )
-
-    def tiler(self, h: int, w: int) -> Tiler:
-        """The tiling of an ``h × w`` image (cached for the last size)."""
-        if self._tiler is None or (self._tiler.height, self._tiler.width) != (h, w):
-            tile = self.tile_size
-            if h < tile or w < tile:
-                raise ValueError(
-                    f"the image is {h}x{w}, smaller than the prior's {tile}x{tile} tiles; pad it to at least "
-                    f"{tile}x{tile}, or run the UNet on the whole image (whole_image=True)"
-                )
-            self._tiler = Tiler(h, w, tile, tile_overlap_pixels(self.tile_overlap, tile))
-        return self._tiler
-
     def data_terms(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-image data term D_b for an image in [-1, 1] (x̃0 or x_t)."""
         pred = self.degradation(to_image(image))
@@ -403,7 +334,7 @@ class GDPSampler:
         DDIM at η = 0 the noise is never used).
         """
         c = self.conversion(*x.shape[-2:], x.shape[1]) if c is None else c
-        mv = self._forward_tiles(x, t, labels)
+        mv = self.denoiser(x, t, labels)
         target = mv.pred_xstart if self.variant == "x0" else x
         progress = (self.diffusion.num_timesteps - float(t[0])) / self.diffusion.num_timesteps
         if self.phi_update == "after":
