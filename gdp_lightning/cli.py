@@ -145,6 +145,14 @@ def model_options(model_class: type) -> set:
     return names
 
 
+def _task_operator(model: GDPModule):
+    return model.degradation
+
+
+def _image_size(model: GDPModule) -> int:
+    return int(model.unet.image_size)
+
+
 class GDPCLI(LightningCLI):
     """LightningCLI with the project's model (:class:`GDPModule`, or :class:`FinetuneModule` for ``fit``), data
     module, writer and TensorBoard trajectory callback."""
@@ -166,6 +174,9 @@ class GDPCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the data module learns the task's operator and the prior's size from the model, explicitly
+        parser.link_arguments("model", "data.task_operator", compute_fn=_task_operator, apply_on="instantiate")
+        parser.link_arguments("model", "data.image_size", compute_fn=_image_size, apply_on="instantiate")
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
         parser.add_argument("--help-all", action=_FullHelp, help="Show every option, the trainer's included, and exit.")

@@ -161,7 +161,7 @@ class GDPModule(L.LightningModule):
                                      groups=self._scale_suffixes())
         self.restorer = self.build_restorer()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        self.restorer.check_inputs(getattr(datamodule, "items", None) or [])
+        self.labels.require([item.name for item in getattr(datamodule, "items", None) or []])
         keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in [*self.metric_names, "diverged"]
                 if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -410,12 +409,10 @@ def test_real_mode_hdr_stacks_exposures(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["y"].shape == (2, 9, 8, 12) and batch["name"] == ["s1", "s2"]
     assert torch.equal(batch["y"][0, 3:6], read_image(tmp_path / "s1" / "e1.png").pixels)
-    two_exposures = GDPDataModule(input_dir=str(tmp_path), exposure_folders=True)
-    two_exposures.trainer = SimpleNamespace(callbacks=[], lightning_module=SimpleNamespace(degradation=HDR(2)))
+    two_exposures = GDPDataModule(input_dir=str(tmp_path), exposure_folders=True, task_operator=HDR(2))
     with pytest.raises(DataError, match="3 exposures but the task's operator takes 2"):
         two_exposures.setup("predict")
-    single = GDPDataModule(input_dir=str(tmp_path / "s1"))
-    single.trainer = two_exposures.trainer
+    single = GDPDataModule(input_dir=str(tmp_path / "s1"), task_operator=HDR(2))
     with pytest.raises(DataError, match="--data.exposure_folders"):
         single.setup("predict")
 
@@ -446,7 +443,6 @@ def test_real_mode_leaves_out_bad_files_before_anything_runs(tmp_path):
 def test_predict_skips_done_inputs_after_grouping(tmp_path):
     folder = real_folder(tmp_path)
     dm = GDPDataModule(input_dir=str(folder), batch_size=2)
-    dm.trainer = SimpleNamespace(callbacks=[], lightning_module=SimpleNamespace())
     dm.setup("predict")
     assert dm.batches == [[0, 2], [1, 4], [3]]  # the writer knows its folder only after setup
     dm.skip_done(["a", "e", "d"])  # as the writer tells it
@@ -531,14 +527,12 @@ def test_synthetic_quantize_crop_and_size_change(tmp_path):
 
 def test_synthetic_default_operator_and_blind_error(tmp_path):
     folder = clean_folder(tmp_path, n=2)
-    dm = GDPDataModule(input_dir=str(folder), mode="synthetic")
     model_operator = Compose([Blur("gaussian:3:1", padding="reflect"), GaussianNoise(0.05)])
-    dm.trainer = SimpleNamespace(callbacks=[], lightning_module=SimpleNamespace(degradation=model_operator))
+    dm = GDPDataModule(input_dir=str(folder), mode="synthetic", task_operator=model_operator)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch["y"].shape == (1, 3, 16, 20)
-    blind = GDPDataModule(input_dir=str(folder), mode="synthetic")
-    blind.trainer = SimpleNamespace(callbacks=[], lightning_module=SimpleNamespace(degradation=LowLight()))
+    blind = GDPDataModule(input_dir=str(folder), mode="synthetic", task_operator=LowLight())
     with pytest.raises(DataError) as excinfo:
         blind.setup("test")
     assert str(excinfo.value) == ("the task's operator learns its parameters (blind); give the true operator that "

@@ -541,15 +541,10 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
 
 # ---------------------------------------------------------------------------------------- data module
 def _fit_data(photos, **options) -> GDPDataModule:
-    class Trainer:  # what the data module asks of the trainer in fit: the model's size and operator, the step
+    class Trainer:  # what the data module asks of the trainer in fit: the step (to resume the crops)
         global_step, accumulate_grad_batches, world_size = 0, 1, 1
 
-        class lightning_module:
-            class unet:
-                image_size = 32
-            degradation = None
-
-    data = GDPDataModule(input_dir=str(photos["train"]), batch_size=2, epoch_size=6, **options)
+    data = GDPDataModule(input_dir=str(photos["train"]), batch_size=2, epoch_size=6, image_size=32, **options)
     data.trainer = Trainer()
     return data
 

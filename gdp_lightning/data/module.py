@@ -285,6 +285,10 @@ class GDPDataModule(L.LightningDataModule):
     :param max_pixels: leave out (and record as failed) inputs that restore to more pixels than this (the
         memory of a restoration grows with its pixels: about 240 bytes each, see :mod:`gdp_lightning.resources`;
         without a limit, a batch estimated to need more memory than is free gets a warning before it starts).
+    :param task_operator: the task's operator (``gdp`` links the model's): the size an input restores to, the
+        exposures a scene needs, the side files it takes, and synthetic mode's true operator unless ``degradation``
+        is given.
+    :param image_size: the prior's image size (``gdp`` links the model's): ``gdp fit``'s crops.
 
     In ``gdp fit``, ``input_dir`` (or ``files``) holds the clean training images, of any sizes: each training
     sample is a random crop at the prior's resolution (see :class:`.TrainingCrops`: seeded by ``(seed, sample)``,
@@ -311,6 +315,8 @@ class GDPDataModule(L.LightningDataModule):
         train_scales: Tuple[float, float] = (0.25, 1.0),
         flip: bool = True,
         max_pixels: Optional[int] = None,
+        task_operator: Optional[Degradation] = None,
+        image_size: Optional[int] = None,
     ):
         super().__init__()
         if max_pixels is not None and max_pixels < 1:
@@ -338,6 +344,7 @@ class GDPDataModule(L.LightningDataModule):
         self.recursive = recursive
         self.exposure_folders = exposure_folders
         self.degradation = degradation
+        self.task_operator, self.image_size = task_operator, image_size
         self.crop_size = crop_size
         self.quantize = quantize
         self.seed = seed
@@ -363,23 +370,12 @@ class GDPDataModule(L.LightningDataModule):
         self._prepared = False
 
     # ------------------------------------------------------------------ setup
-    def _model_operator(self) -> Optional[Degradation]:
-        trainer = self.trainer
-        if trainer is None:
-            return None
-        try:
-            module = trainer.lightning_module
-        except (AttributeError, RuntimeError):
-            return None
-        operator = getattr(module, "degradation", None)
-        return operator if isinstance(operator, Degradation) else None
-
     def _resolve_synthetic_operator(self) -> Degradation:
         given = self.degradation is not None
-        operator = self.degradation if given else self._model_operator()
+        operator = self.degradation if given else self.task_operator
         if operator is None:
             raise DataError("synthetic mode needs the true operator that degrades the clean images: give "
-                            "--data.degradation (or run with a model that has a degradation)")
+                            "--data.degradation (or the task's, task_operator)")
         operator = copy.deepcopy(operator).cpu()
         if not given:
             height, width = next((size for size in self.sizes if size != (0, 0)), self.sizes[0])
@@ -391,8 +387,7 @@ class GDPDataModule(L.LightningDataModule):
         return operator
 
     def _check_exposure_count(self) -> None:
-        operator = self._model_operator()
-        expected = getattr(operator, "num_observations", None)
+        expected = getattr(self.task_operator, "num_observations", None)
         if self.mode != "real" or not isinstance(expected, int):
             return
         for item in self.items:
@@ -403,6 +398,17 @@ class GDPDataModule(L.LightningDataModule):
                 raise DataError(f"{item.paths[0].parent}: {len(item.paths)} exposures but the task's operator takes "
                                 f"{expected}; give scenes of {expected} exposures")
 
+    def _check_side_files(self) -> None:
+        """A mask or kernel file beside an input needs a task whose operator takes it."""
+        if self.task_operator is None:
+            return
+        for item in self.items:
+            for kind in ("mask", "kernel"):
+                path = getattr(item, kind, None)
+                if path is not None and not self.task_operator.takes(kind):
+                    raise DataError(f"{path}: a {kind} file, but the task's operator takes no {kind}; remove it or "
+                                    "use a task that does")
+
     def _discover(self) -> None:
         """Find the inputs and check every one (decoded whole, side files read) before anything is restored. An
         input that fails is left out and listed in :attr:`rejected` with its one-line reason (the writer records
@@ -411,6 +417,7 @@ class GDPDataModule(L.LightningDataModule):
         self.items = find_inputs(self.input_dir, self.files, recursive=self.recursive,
                                  exposure_folders=self.exposure_folders, list_file=self.list_file,
                                  side_files=not synthetic)
+        self._check_side_files()
         checked = _parallel(_check_item, self.items)
         if self.max_pixels is not None:
             checked = [self._check_pixels(item, size) if problem is None else (size, problem)
@@ -433,7 +440,7 @@ class GDPDataModule(L.LightningDataModule):
 
     def restored_size(self, height: int, width: int) -> Tuple[int, int]:
         """The size an input of ``height × width`` restores to (the operator's input size in real mode)."""
-        operator = self._model_operator() if self.mode == "real" else None
+        operator = self.task_operator if self.mode == "real" else None
         return tuple(operator.input_size(height, width)) if operator is not None else (height, width)
 
     def _check_pixels(self, item: InputItem, size: Tuple[int, int]) -> Tuple[Tuple[int, int], Optional[str]]:
@@ -444,12 +451,6 @@ class GDPDataModule(L.LightningDataModule):
         return size, (f"{item.paths[0]}: restores to {rw}x{rh} = {rh * rw / 1e6:.1f} megapixels, more than "
                       f"--data.max_pixels {self.max_pixels} ({self.max_pixels / 1e6:.1f} megapixels); raise the limit "
                       "or give a smaller image")
-
-    def _model_image_size(self) -> Optional[int]:
-        try:
-            return int(self.trainer.lightning_module.unet.image_size)
-        except (AttributeError, RuntimeError, TypeError):
-            return None
 
     def _held_out(self, items: List[InputItem]) -> Tuple[List[InputItem], List[InputItem]]:
         """(training, held-out) images of the input folder: ``val_split`` of them, chosen by ``seed``."""
@@ -477,9 +478,9 @@ class GDPDataModule(L.LightningDataModule):
         else:
             train, held = self._held_out(found)
         _parallel(check_image, [item.paths[0] for item in train + held])
-        size = self._model_image_size()
+        size = self.image_size
         if size is None:
-            raise DataError("gdp fit needs the model's image size to crop the training images; run it with a GDPModule")
+            raise DataError("gdp fit needs the prior's image size to crop the training images (image_size)")
         self.train_paths = [item.paths[0] for item in train]
         self.training_set = TrainingCrops(self.train_paths, size, self.epoch_size, min_scale=self.train_scales[0],
                                           max_scale=self.train_scales[1], flip=self.flip, seed=self.seed)

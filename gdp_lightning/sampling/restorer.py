@@ -158,16 +158,6 @@ class Restorer:
                 "set --model.sampler.guidance gradient to sweep GDP's scale"
             )
 
-    def check_inputs(self, items: Sequence[Any]) -> None:
-        """What the data module found fits the task: labels for every name, side files the operator takes."""
-        self.labels.require([it.name for it in items])
-        for it in items:
-            for kind in ("mask", "kernel"):
-                path = getattr(it, kind, None)
-                if path is not None and not self.degradation.takes(kind):
-                    raise InputError(f"{path}: a {kind} file, but the task's operator takes no {kind}; remove it "
-                                     f"or use a task that does")
-
     def seeds_for(self, indices: Sequence[int]) -> List[int]:
         """Image i's sampler seed: a function of (seed, i) only."""
         return [stream_seed(self.seed, i, SAMPLER) for i in indices]
