@@ -39,6 +39,7 @@ __all__ = [
     "ImageMetrics",
     "INCEPTION_WEIGHTS_URL",
     "METRIC_NAMES",
+    "DATASET_METRICS",
 ]
 
 #: Where torch-fidelity (0.3, 0.4) downloads the FID Inception weights from; the file lands in the hub checkpoints dir.
@@ -51,6 +52,8 @@ _LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze"
 
 #: Metric names understood by :class:`ImageMetrics`.
 METRIC_NAMES = ("psnr", "ssim", "lpips", "fid", "consistency", "loe")
+#: metrics of a whole set of images (one value per stage and scale, not per image)
+DATASET_METRICS = ("fid",)
 _NEED_GT = ("psnr", "ssim", "lpips", "fid")
 
 

@@ -127,7 +127,6 @@ class GDPModule(L.LightningModule):
         self.restorer: Optional[Restorer] = None
         self._metrics: Optional[ImageMetrics] = None
         self.eval_means = nn.ModuleDict()
-        self.dataset_metrics: Dict[str, float] = {}
 
     def set_task(self, degradation: Optional[Degradation] = None, quality: Optional[List[QualityTerm]] = None) -> None:
         """Replace the degradation and/or the quality terms (Python objects instead of config entries)."""
@@ -311,9 +310,8 @@ class GDPModule(L.LightningModule):
             if value is not None and torch.isfinite(value):
                 values[f"{stage}/{key}"] = value
             metric.reset()
-        self.dataset_metrics = {} if self._metrics is None else self._metrics.dataset(
-            synchronize=self.trainer.world_size > 1)
-        values.update({f"{stage}/{key}": value for key, value in self.dataset_metrics.items()})
+        dataset = {} if self._metrics is None else self._metrics.dataset(synchronize=self.trainer.world_size > 1)
+        values.update({f"{stage}/{key}": value for key, value in dataset.items()})
         if self._metrics is not None:
             self._metrics.reset()
         return values

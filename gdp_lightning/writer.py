@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from . import __version__
 from .errors import InputError
 from .io import atomic_path
+from .metrics import DATASET_METRICS
 from .outputs import Failure, json_dump, phi_summary, summarize_records, write_failure_record, write_record
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings
@@ -285,7 +286,10 @@ class RestorationWriter(Callback):
             names = sorted(p.relative_to(self.directory).with_suffix("").as_posix()
                            for p in self.directory.rglob("*.json") if p.parent != self.directory
                            or p.stem not in RESERVED)
-        dataset = getattr(pl_module, "dataset_metrics", {})
+        # the dataset metrics (FID) as the module logged them: "test/fid", "test/fid/s500"
+        prefix = f"{trainer.state.stage.value}/" if trainer.state.stage is not None else None
+        dataset = {key[len(prefix):]: float(value) for key, value in trainer.callback_metrics.items()
+                   if prefix and key.startswith(prefix) and key[len(prefix):].split("/")[0] in DATASET_METRICS}
         rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
             self._log_predict_metrics(trainer, rows, indices, means)
