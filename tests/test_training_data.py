@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gdp_lightning.data import CropSampler, DataError, TrainingCrops, read_image, write_image
-from gdp_lightning.data.module import item_seed
+from gdp_lightning.data.restoration import item_seed
 from gdp_lightning.data.training import crop_seed
 
 STEP = 4 / 255  # one pixel of the coordinate ramps: 8-bit levels 0, 4, 8, ... (exact after the PNG round trip)

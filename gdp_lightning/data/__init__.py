@@ -15,7 +15,8 @@ from .datasets import (
     read_list_file,
 )
 from .images import DataError, ImageFile, read_image, write_image
-from .module import GDPDataModule, RestorationBatches, item_seed, quantize_observation, resize_and_center_crop
+from .module import GDPDataModule
+from .restoration import RestorationBatches, item_seed, quantize_observation, resize_and_center_crop
 from .training import CropSampler, TrainingCrops
 
 __all__ = [
