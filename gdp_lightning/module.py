@@ -24,10 +24,10 @@ from torchmetrics.aggregation import MeanMetric
 
 from .degradations import Degradation
 from .diffusion import GaussianDiffusion
-from .errors import ConfigError, warn
+from .errors import ConfigError
 from .metrics import ImageMetrics
 from .prior import PriorSpec, load_prior_weights
-from .resources import available_bytes, estimate_bytes, format_bytes, format_seconds
+from .resources import available_bytes, format_seconds
 from .sampling import (
     BatchResult,
     ClassLabels,
@@ -260,21 +260,9 @@ class GDPModule(L.LightningModule):
     def _check_memory(self) -> None:
         """Warn before the first restoration when the largest batch would need more memory than is free."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        batches, sizes = getattr(datamodule, "batches", None), getattr(datamodule, "sizes", None)
-        restored = getattr(datamodule, "restored_size", None)
-        if not batches or not sizes or restored is None:
-            return
-        pixels = [sum(math.prod(restored(*sizes[p])) for p in batch) for batch in batches]
-        largest = max(range(len(batches)), key=pixels.__getitem__)
-        weights = sum(p.numel() * p.element_size() for p in self.unet.parameters())
-        need, free = estimate_bytes(pixels[largest], model_bytes=weights), available_bytes(self.device)
-        if free is None or need <= free:
-            return
-        item = datamodule.items[batches[largest][0]]
-        height, width = restored(*sizes[batches[largest][0]])
-        warn(f"{item.paths[0]} ({width}x{height}{', with its batch' if len(batches[largest]) > 1 else ''}) needs "
-             f"about {format_bytes(need)} to restore and {format_bytes(free)} is free: the run may be killed for "
-             "memory; give --data.max_pixels to leave such inputs out, or a smaller --data.batch_size")
+        if hasattr(datamodule, "check_memory"):
+            weights = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+            datamodule.check_memory(weights, available_bytes(self.device))
 
     # ------------------------------------------------------------ Lightning
     def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> BatchResult:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..degradations import Degradation
 from ..errors import warn
+from ..resources import estimate_bytes, format_bytes
 from .batching import ShardSampler, group_batches
 from .datasets import InputItem, check_image, find_inputs
 from .images import DataError
@@ -236,6 +237,23 @@ class GDPDataModule(L.LightningDataModule):
         """The size an input of ``height × width`` restores to (the operator's input size in real mode)."""
         operator = self.task_operator if self.mode == "real" else None
         return tuple(operator.input_size(height, width)) if operator is not None else (height, width)
+
+    def check_memory(self, model_bytes: int, free: Optional[int]) -> None:
+        """Warn when the largest batch would need more memory than ``free`` bytes (estimated by
+        :func:`~gdp_lightning.resources.estimate_bytes` from its restored pixels and the model's ``model_bytes``)."""
+        if not self.batches or not self.sizes or free is None:
+            return
+        pixels = [sum(math.prod(self.restored_size(*self.sizes[p])) for p in batch) for batch in self.batches]
+        largest = max(range(len(self.batches)), key=pixels.__getitem__)
+        need = estimate_bytes(pixels[largest], model_bytes=model_bytes)
+        if need <= free:
+            return
+        first = self.batches[largest][0]
+        height, width = self.restored_size(*self.sizes[first])
+        mates = ", with its batch" if len(self.batches[largest]) > 1 else ""
+        warn(f"{self.items[first].paths[0]} ({width}x{height}{mates}) needs about {format_bytes(need)} to restore and "
+             f"{format_bytes(free)} is free: the run may be killed for memory; give --data.max_pixels to leave such "
+             "inputs out, or a smaller --data.batch_size")
 
     def _check_pixels(self, item: InputItem, size: Tuple[int, int]) -> Tuple[Tuple[int, int], Optional[str]]:
         height, width = (self.crop_size, self.crop_size) if self.crop_size else size
