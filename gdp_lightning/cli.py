@@ -33,7 +33,7 @@ from .trajectory import TrajectoryLogger
 from .writer import RestorationWriter
 from .data import GDPDataModule
 from .errors import ConfigError, GDPError
-from .finetune import FinetuneModule
+from .finetune import FinetuneData, FinetuneModule
 from .module import GDPModule
 
 __all__ = ["GDPCLI", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_TERMINATED"]
@@ -71,8 +71,6 @@ EXPORT_HELP = "Write a fit checkpoint's EMA weights as a plain guided-diffusion 
 
 #: option prefixes left out of a subcommand's short --help (shown by --help-all)
 ADVANCED = ("trainer.", "seed_everything", "optimizer", "lr_scheduler")
-FIT_ONLY = ("model.training.", "data.val_dir", "data.val_split", "data.epoch_size", "data.train_scales",
-            "data.flip")
 
 
 class _FullHelp(argparse.Action):
@@ -98,7 +96,7 @@ class GDPArgumentParser(LightningArgumentParser):
     def format_help(self) -> str:
         if self.full_help or self.subcommand is None:
             return super().format_help()
-        hidden = ADVANCED + (() if self.subcommand == "fit" else FIT_ONLY)
+        hidden = ADVANCED
         changed = []
         for action in self._actions:
             dest = str(action.dest)
@@ -125,14 +123,14 @@ class GDPArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-#: the LightningModule of each subcommand (restoration for the others)
-MODULES = {"fit": FinetuneModule}
+#: the LightningModule and data module of each subcommand (restoration's for the others)
+MODULES = {"fit": (FinetuneModule, FinetuneData)}
 
 
-def module_class(args: Sequence[str]) -> type:
-    """The LightningModule of the command line's subcommand."""
+def classes_for(args: Sequence[str]) -> tuple:
+    """The LightningModule and data module of the command line's subcommand."""
     subcommand = next((a for a in args if not a.startswith("-")), None)
-    return MODULES.get(subcommand, GDPModule)
+    return MODULES.get(subcommand, (GDPModule, GDPDataModule))
 
 
 def model_options(model_class: type) -> set:
@@ -160,8 +158,7 @@ class GDPCLI(LightningCLI):
     def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True):
         self.command = ["gdp", *(sys.argv[1:] if args is None else args)]
         super().__init__(
-            module_class(self.command[1:]),
-            GDPDataModule,
+            *classes_for(self.command[1:]),
             subclass_mode_model=False,
             subclass_mode_data=False,
             save_config_kwargs={"overwrite": True},
@@ -176,7 +173,8 @@ class GDPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # the data module learns the task's operator and the prior's size from the model, explicitly
         parser.link_arguments("model", "data.task_operator", compute_fn=_task_operator, apply_on="instantiate")
-        parser.link_arguments("model", "data.image_size", compute_fn=_image_size, apply_on="instantiate")
+        if issubclass(self.datamodule_class, FinetuneData):  # fit crops at the prior's size
+            parser.link_arguments("model", "data.image_size", compute_fn=_image_size, apply_on="instantiate")
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
         parser.add_argument("--help-all", action=_FullHelp, help="Show every option, the trainer's included, and exit.")

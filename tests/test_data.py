@@ -548,5 +548,7 @@ def test_option_errors():
         GDPDataModule(input_dir=".", quantize="ceil")
     with pytest.raises(DataError, match="--data.crop_size"):  # real photos are restored whole (fit crops them)
         GDPDataModule(input_dir=".", crop_size=64).setup("predict")
+    from gdp_lightning.finetune import FinetuneData
+
     with pytest.raises(DataError, match="--data.val_split"):
-        GDPDataModule(input_dir=".", val_split=-1)
+        FinetuneData(input_dir=".", val_split=-1)

@@ -21,11 +21,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gdp_lightning.benchmark import skimage_crops
 from gdp_lightning.callbacks import sha256
 from gdp_lightning.cli import main
-from gdp_lightning.data import GDPDataModule, write_image
+from gdp_lightning.data import write_image
 from gdp_lightning.data.images import DataError
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.errors import ConfigError
-from gdp_lightning.finetune import FinetuneModule
+from gdp_lightning.finetune import FinetuneData, FinetuneModule
 from gdp_lightning.prior import PriorSpec, create_model, read_checkpoint
 from gdp_lightning.prior import unet as unet_module
 from gdp_lightning.finetune.training import (
@@ -540,11 +540,11 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
 
 
 # ---------------------------------------------------------------------------------------- data module
-def _fit_data(photos, **options) -> GDPDataModule:
+def _fit_data(photos, **options) -> FinetuneData:
     class Trainer:  # what the data module asks of the trainer in fit: the step (to resume the crops)
         global_step, accumulate_grad_batches, world_size = 0, 1, 1
 
-    data = GDPDataModule(input_dir=str(photos["train"]), batch_size=2, epoch_size=6, image_size=32, **options)
+    data = FinetuneData(input_dir=str(photos["train"]), batch_size=2, epoch_size=6, image_size=32, **options)
     data.trainer = Trainer()
     return data
 
@@ -569,7 +569,7 @@ def test_fit_data_holds_out_a_seeded_split(photos):
 
 
 def test_fit_data_without_model_is_refused(photos):
-    data = GDPDataModule(input_dir=str(photos["train"]))
+    data = FinetuneData(input_dir=str(photos["train"]))
     with pytest.raises(DataError, match="image size"):
         data.setup("fit")
 

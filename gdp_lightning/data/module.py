@@ -1,5 +1,5 @@
-"""The Lightning data module of restoration: real degraded photos, or clean images degraded on the fly; and of
-fine-tuning (``gdp fit``): random crops of clean images, held-out images restored for validation.
+"""The Lightning data module of restoration: real degraded photos, or clean images degraded on the fly
+(``gdp fit`` extends it: :class:`gdp_lightning.finetune.FinetuneData`).
 
 Every batch of restoration holds inputs of one size, and its composition depends only on the inputs and
 ``batch_size``: the dataset's item k is the whole batch k, and the processes share out whole batches
@@ -9,10 +9,9 @@ Every batch of restoration holds inputs of one size, and its composition depends
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -22,10 +21,9 @@ from ..degradations import Degradation
 from ..errors import warn
 from ..resources import estimate_bytes, format_bytes
 from .batching import ShardSampler, group_batches
-from .datasets import InputItem, check_image, find_inputs
+from .datasets import InputItem, find_inputs
 from .images import DataError
 from .restoration import MODES, QUANTIZATIONS, RestorationBatches, check_item, item_seed, keep_batch, parallel
-from .training import CropSampler, TrainingCrops
 
 __all__ = ["GDPDataModule"]
 
@@ -69,25 +67,12 @@ class GDPDataModule(L.LightningDataModule):
     :param batch_size: how many inputs of one size are restored together; ``gdp fit``: crops per training batch
         (and held-out images per validation batch).
     :param num_workers: DataLoader worker processes decoding the images (0 = in the main process).
-    :param val_dir: ``gdp fit``: a folder of clean held-out images; validation crops them like synthetic mode
-        (``crop_size``, default the prior's size), degrades them with the task's operator and restores them.
-    :param val_split: ``gdp fit`` without ``val_dir``: hold out this many images of the input folder (a count
-        >= 1, or a fraction < 1; chosen by ``seed``) for validation.
-    :param epoch_size: ``gdp fit``: training crops per epoch (checkpoints are written at the end of each epoch).
-    :param train_scales: ``gdp fit``: the range of scales of the random crops (crop side / cut region side,
-        log-uniform): ``[0.25, 1]`` cuts regions of 1 to 4 times the prior's size and resizes them to it.
-    :param flip: ``gdp fit``: flip half of the crops horizontally.
     :param max_pixels: leave out (and record as failed) inputs that restore to more pixels than this (the
         memory of a restoration grows with its pixels: about 240 bytes each, see :mod:`gdp_lightning.resources`;
         without a limit, a batch estimated to need more memory than is free gets a warning before it starts).
     :param task_operator: the task's operator (``gdp`` links the model's): the size an input restores to, the
         exposures a scene needs, the side files it takes, and synthetic mode's true operator unless ``degradation``
         is given.
-    :param image_size: the prior's image size (``gdp`` links the model's): ``gdp fit``'s crops.
-
-    In ``gdp fit``, ``input_dir`` (or ``files``) holds the clean training images, of any sizes: each training
-    sample is a random crop at the prior's resolution (see :class:`.TrainingCrops`: seeded by ``(seed, sample)``,
-    so the data do not depend on the workers or the number of GPUs).
     """
 
     def __init__(
@@ -104,14 +89,8 @@ class GDPDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 1,
         num_workers: int = 0,
-        val_dir: Optional[str] = None,
-        val_split: float = 0,
-        epoch_size: int = 1000,
-        train_scales: Tuple[float, float] = (0.25, 1.0),
-        flip: bool = True,
         max_pixels: Optional[int] = None,
         task_operator: Optional[Degradation] = None,
-        image_size: Optional[int] = None,
     ):
         super().__init__()
         if max_pixels is not None and max_pixels < 1:
@@ -127,8 +106,6 @@ class GDPDataModule(L.LightningDataModule):
             raise DataError(f"--data.num_workers {num_workers}: give 0 or more")
         if crop_size is not None and crop_size < 1:
             raise DataError(f"--data.crop_size {crop_size}: give a positive size")
-        if val_split < 0:
-            raise DataError(f"--data.val_split {val_split}: give a count >= 1, a fraction < 1, or 0")
         if mode == "synthetic" and exposure_folders:
             raise DataError("--data.exposure_folders is for real HDR photos; synthetic mode degrades one clean image "
                             "per input (the operator makes the exposures)")
@@ -139,18 +116,12 @@ class GDPDataModule(L.LightningDataModule):
         self.recursive = recursive
         self.exposure_folders = exposure_folders
         self.degradation = degradation
-        self.task_operator, self.image_size = task_operator, image_size
+        self.task_operator = task_operator
         self.crop_size = crop_size
         self.quantize = quantize
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.val_dir, self.val_split = val_dir, val_split
-        self.epoch_size, self.train_scales, self.flip = epoch_size, tuple(train_scales), flip
-        #: ``gdp fit``: the training images, their crops, and the crop of the held-out images
-        self.train_paths: List[Any] = []
-        self.training_set: Optional[TrainingCrops] = None
-        self._fit_crop: Optional[int] = None
         #: every input found, in order (``item.index`` is its position)
         self.items: List[InputItem] = []
         #: the batches to run: positions into :attr:`items` (in predict, without the inputs already done)
@@ -264,48 +235,6 @@ class GDPDataModule(L.LightningDataModule):
                       f"--data.max_pixels {self.max_pixels} ({self.max_pixels / 1e6:.1f} megapixels); raise the limit "
                       "or give a smaller image")
 
-    def _held_out(self, items: List[InputItem]) -> Tuple[List[InputItem], List[InputItem]]:
-        """(training, held-out) images of the input folder: ``val_split`` of them, chosen by ``seed``."""
-        count = int(self.val_split) if self.val_split >= 1 else math.floor(self.val_split * len(items))
-        if self.val_split > 0 and count == 0:
-            raise DataError(f"--data.val_split {self.val_split}: holds out no image of {len(items)}; give a larger "
-                            "fraction or a count")
-        if count >= len(items):
-            raise DataError(f"--data.val_split {self.val_split}: holds out {count} of {len(items)} images, none is "
-                            "left to train on; give a smaller split or --data.val_dir")
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(item_seed(self.seed, 0)))
-        held = set(order[:count].tolist())
-        return ([it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held])
-
-    def _setup_fit(self) -> None:
-        """Training images and held-out validation images; the validation is synthetic (ground truth kept)."""
-        if self._prepared:
-            return
-        if self.exposure_folders:
-            raise DataError("--data.exposure_folders is for restoring HDR scenes; gdp fit trains on single images")
-        found = find_inputs(self.input_dir, self.files, recursive=self.recursive, list_file=self.list_file,
-                            side_files=False)
-        if self.val_dir is not None:
-            train, held = found, find_inputs(self.val_dir, recursive=self.recursive, side_files=False)
-        else:
-            train, held = self._held_out(found)
-        parallel(check_image, [item.paths[0] for item in train + held])
-        size = self.image_size
-        if size is None:
-            raise DataError("gdp fit needs the prior's image size to crop the training images (image_size)")
-        self.train_paths = [item.paths[0] for item in train]
-        self.training_set = TrainingCrops(self.train_paths, size, self.epoch_size, min_scale=self.train_scales[0],
-                                          max_scale=self.train_scales[1], flip=self.flip, seed=self.seed)
-        # validation: the held-out images as synthetic inputs, renumbered 0..n-1
-        self.items = [dataclasses.replace(item, index=i) for i, item in enumerate(held)]
-        self._fit_crop = self.crop_size or size
-        self.sizes = [(self._fit_crop, self._fit_crop) for _ in self.items]
-        self._all_batches = group_batches(self.sizes, self.batch_size)
-        self.batches = [list(b) for b in self._all_batches]
-        if self.items:
-            self._observation_operator = self._resolve_synthetic_operator()
-        self._prepared = True
-
     def skip_done(self, names: Sequence[str]) -> None:
         """The inputs an earlier run restored (the writer tells, once it knows its folder): the predict
         dataloader leaves them out after grouping, so the other batches keep their composition."""
@@ -315,9 +244,6 @@ class GDPDataModule(L.LightningDataModule):
         """Find the inputs, read their sizes and decode every file once (errors come before any restoration),
         group them into batches. The predict dataloader leaves out the inputs it was told are done
         (:meth:`skip_done`) after grouping, so the other batches keep their composition."""
-        if stage == "fit":
-            self._setup_fit()
-            return
         if self.mode == "real" and self.crop_size is not None:
             raise DataError("--data.crop_size applies to --data.mode synthetic only (real photos are restored whole)")
         if not self._prepared:
@@ -344,7 +270,7 @@ class GDPDataModule(L.LightningDataModule):
     def dataset(self) -> RestorationBatches:
         """The dataset of the current :attr:`batches` (item k = batch k)."""
         return RestorationBatches(self.items, self.batches, self.sizes, self._observation_operator,
-                                  self._fit_crop or self.crop_size, self.quantize, self.seed)
+                                  self.crop_size, self.quantize, self.seed)
 
     def _dataloader(self, stage: str) -> DataLoader:
         if not self._prepared:
@@ -364,19 +290,3 @@ class GDPDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._dataloader("validate")
-
-    def train_dataloader(self) -> DataLoader:
-        """``gdp fit``: batches of random crops (``{"x": (B, 3, S, S), "index": (B,), "name": [...]}``)."""
-        if not self._prepared:
-            self.setup("fit")
-        sampler = CropSampler(self.epoch_size, consumed=self._samples_consumed)
-        return DataLoader(self.training_set, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=True, persistent_workers=self.num_workers > 0)
-
-    def _samples_consumed(self) -> int:
-        """Training crops taken so far by all processes: step k's batches are samples k·B·A·W onwards (batch size
-        B, A batches per optimizer step, W processes), whatever epoch Lightning counts after a resume."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size * trainer.world_size

@@ -1,6 +1,7 @@
-"""Fine-tuning the prior (``gdp fit``): :class:`FinetuneModule`, its settings, timestep samplers, the EMA of the
+"""Fine-tuning the prior (``gdp fit``): :class:`FinetuneModule`, its data (:class:`FinetuneData`), its settings, timestep samplers, the EMA of the
 weights and the learning-rate rules (:mod:`.training`)."""
 
+from .data import FinetuneData
 from .module import FinetuneModule
 from .training import (
     LossSecondMomentTimesteps,
@@ -14,6 +15,7 @@ from .training import (
 )
 
 __all__ = [
+    "FinetuneData",
     "FinetuneModule",
     "LossSecondMomentTimesteps",
     "TrainingSettings",
