@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,20 @@ def skimage64_checkpoint() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture()
+def cli_argv(monkeypatch):
+    """``main(argv)`` in-process, as the console script would run (LightningCLI warns about pytest's argv)."""
+    monkeypatch.setattr(sys, "argv", ["gdp"])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: these models are small, and two OpenMP threads on a busy two-core
+    machine wait for each other far longer than they compute (the tiny UNet's step goes from 0.07 s to seconds);
+    it also makes results independent of the machine's core count (see ``tests/test_unchanged_outputs.py``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

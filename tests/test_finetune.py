@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -41,23 +40,12 @@ from gdp_lightning.finetune.training import (
 from .conftest import REPO, fixture_files
 from .helpers import KEEP, TINY, _tiny
 
+pytestmark = pytest.mark.usefixtures("cli_argv", "one_thread")
+
 FINETUNE = REPO / "configs" / "finetune.yaml"
 SR4 = REPO / "configs" / "task" / "sr4.yaml"
 QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
-
-
-@pytest.fixture(autouse=True)
-def _argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["gdp"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

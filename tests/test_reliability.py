@@ -23,8 +23,10 @@ from gdp_lightning.data import write_image
 from gdp_lightning.run_folder import LOCK_NAME
 
 from .conftest import REPO
-from .test_system import _argv, _one_thread, crops, tiny, tiny_prior  # noqa: F401 - the fixtures
+from .test_system import crops, tiny, tiny_prior  # noqa: F401 - the fixtures
 from .test_system import error_line, gdp, read_rows, record, write_images
+
+pytestmark = pytest.mark.usefixtures("cli_argv", "one_thread")
 
 
 def restored(folder: Path) -> set:

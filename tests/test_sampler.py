@@ -27,6 +27,8 @@ from gdp_lightning.sampling import GDPSampler, QualityTerm, Tiler, tile_starts
 
 from .helpers import _tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _diffusion(steps="5") -> GaussianDiffusion:
     return GaussianDiffusion.from_settings(DiffusionSettings(), learn_sigma=True, respacing=steps)
@@ -35,16 +37,6 @@ def _diffusion(steps="5") -> GaussianDiffusion:
 @pytest.fixture(scope="module")
 def unet():
     return _tiny()  # image_size 32, downsampling factor 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy two-core machine two OpenMP threads of these tiny models wait for each other
-    far longer than they compute (a 5-step restore goes from 0.1 s to several seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ tiling

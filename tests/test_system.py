@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import List, Sequence
 
@@ -35,28 +34,14 @@ from gdp_lightning.sampling import GuidanceDivergedError
 from .conftest import REPO
 from .helpers import KEEP, TINY, _tiny
 
+pytestmark = pytest.mark.usefixtures("cli_argv", "one_thread")
+
 PRIORS = sorted((REPO / "configs" / "prior").glob("*.yaml"))
 TASKS = sorted((REPO / "configs" / "task").glob("*.yaml")) + sorted((REPO / "configs" / "task").glob("paper/*.yaml"))
 SKIMAGE64 = REPO / "configs" / "prior" / "skimage64.yaml"
 QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 OLD_NS = 10**18  # an mtime (2001) that no file written by a test has
-
-
-@pytest.fixture(autouse=True)
-def _argv(monkeypatch):
-    """``main(argv)`` in-process, as the console script would run (LightningCLI warns about pytest's argv)."""
-    monkeypatch.setattr(sys, "argv", ["gdp"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are small, and two OpenMP threads on a busy two-core machine wait for
-    each other far longer than they compute (the tiny UNet's step goes from 0.07 s to seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -37,6 +36,8 @@ from gdp_lightning.data import write_image
 
 from .conftest import REPO
 from .helpers import KEEP, TINY, _tiny
+
+pytestmark = pytest.mark.usefixtures("cli_argv", "one_thread")
 
 HASHES = Path(__file__).parent / "fixtures" / "output_hashes.json"
 UPDATE = os.environ.get("GDP_UPDATE_OUTPUT_HASHES") == "1"
@@ -103,19 +104,6 @@ def check(run: str, folder: Path, root: Path) -> None:
     assert not changed, f"{run}: outputs changed: {changed}"
 
 
-@pytest.fixture(autouse=True)
-def _argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["gdp"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """A tiny random prior and the inputs of every task."""
@@ -171,20 +159,24 @@ def test_predict_outputs_are_unchanged(config, root, capfd):
     check(key, out, root)
 
 
-def test_test_stage_outputs_and_metrics_are_unchanged(root, capfd):
-    expected("test/sr4")
-    out = root / "test_sr4"
-    run(root, "test", REPO / "configs" / "task" / "sr4.yaml", out, "--data.input_dir", str(root / "train"),
-        "--data.mode", "synthetic", "--data.batch_size", "2")
-    check("test/sr4", out, root)
+#: run name: the command, the task config and the options (inputs), beside the task configs' predicts
+RUNS = {
+    "test/sr4": ("test", "sr4.yaml", ["--data.input_dir", "train", "--data.mode", "synthetic",
+                                      "--data.batch_size", "2"]),
+    "predict/sweep": ("predict", "deblur.yaml", ["--data.input_dir", "photos", "--model.sampler.guidance", "gradient",
+                                                  "--model.sampler.scales", "[300, 3000]"]),
+}
 
 
-def test_scale_sweep_outputs_are_unchanged(root, capfd):
-    expected("predict/sweep")
-    out = root / "sweep"
-    run(root, "predict", REPO / "configs" / "task" / "deblur.yaml", out, "--data.input_dir", str(root / "photos"),
-        "--model.sampler.guidance", "gradient", "--model.sampler.scales", "[300, 3000]")
-    check("predict/sweep", out, root)
+@pytest.mark.parametrize("key", sorted(RUNS))
+def test_evaluation_and_sweep_outputs_are_unchanged(key, root, capfd):
+    """A test in synthetic mode (metrics against the ground truth) and a scale sweep (grids, one output per scale)."""
+    expected(key)
+    command, config, options = RUNS[key]
+    options = [str(root / o) if options[i - 1] == "--data.input_dir" else o for i, o in enumerate(options)]
+    out = root / key.replace("/", "_")
+    run(root, command, REPO / "configs" / "task" / config, out, *options)
+    check(key, out, root)
 
 
 def test_fit_export_and_its_restorations_are_unchanged(root, capfd):
