@@ -45,6 +45,7 @@ from ..ranges import to_image, to_model
 from ..seeds import PHI, generator
 from .consistency import DataConsistency, supports_consistency
 from .divergence import DIVERGENCE_ABSOLUTE, DivergenceMonitor
+from .phi import PhiUpdate
 from .settings import SamplerOptions
 from .tiling import TiledPrior
 
@@ -173,10 +174,10 @@ class GDPSampler:
         self.variant, self.method, self.eta = o.variant, o.method, float(o.eta)
         self.data_loss = RECONSTRUCTION[o.data_loss]
         self.quality = list(quality)
-        self.phi_optimizer, self.phi_lr, self.phi_steps, self.phi_update = (o.phi_optimizer, o.phi_lr, o.phi_steps,
-                                                                            o.phi_update)
-        self.phi_start = float(o.phi_start)
+        self.phi_update = o.phi_update
         self.tile_size = o.tile_size or getattr(unet, "image_size", None)
+        #: how φ moves at each step (its optimiser, or the operator's least-squares solve)
+        self.phi = PhiUpdate(degradation, self.data_terms, o, self.tile_size)
         self.clip_denoised = o.clip_denoised
         #: the prior's μ, log Σ and x̃0 of a whole image (in tiles where it is larger than the prior)
         self.denoiser = TiledPrior(unet, diffusion, self.tile_size, o.tile_overlap, o.tile_batch,
@@ -272,50 +273,11 @@ class GDPSampler:
 
     def update_phi(self, image: torch.Tensor, y: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
                    progress: float = 1.0) -> None:
-        """``phi_steps`` optimiser steps of φ on its data term plus its regularisation (image detached), or its
-        least-squares solver (``lstsq``); none before ``phi_start`` (``progress``: the fraction of the steps done)."""
-        if progress < self.phi_start:
-            return
-        if self.phi_optimizer == "lstsq":
-            if self.degradation.learnable_parameters():
-                self.degradation.fit_parameters(to_image(image.detach()).clamp(0, 1), y)
-            return
-        if optimizer is None:
-            return
-        image = image.detach()
-        for _ in range(self.phi_steps):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                objective = self.data_terms(image, y).sum()
-                reg = self.degradation.regularization()
-                if reg is not None:
-                    objective = objective + reg.sum()
-                objective.backward()
-            self._official_map_step(y)
-            optimizer.step()
-
-    def _official_map_step(self, y: torch.Tensor) -> None:
-        """Paper convention: the official code takes φ's step on the mean data term of each prior-size tile, so a
-        per-pixel map (an illumination M) moves by the tile's mean, not the whole image's: its gradient is
-        multiplied by (pixels of y) / (pixels of a tile), at least 1. Scalars (f, a kernel) are unchanged (the mean
-        over the image is the mean of the tiles' means)."""
-        if self.scale_convention != "paper" or not self.tile_size:
-            return
-        pixels = y.shape[-2] * y.shape[-1]
-        factor = max(pixels / float(self.tile_size) ** 2, 1.0)
-        if factor == 1.0:
-            return
-        for p in self.degradation.learnable_parameters().values():
-            if p.grad is not None and p.ndim >= 2 and tuple(p.shape[-2:]) == tuple(y.shape[-2:]):
-                p.grad.mul_(factor)
+        """φ's update at a diffusion step (see :class:`~.phi.PhiUpdate`)."""
+        self.phi(image, y, optimizer, progress)
 
     def make_optimizer(self) -> Optional[torch.optim.Optimizer]:
-        params = list(self.degradation.learnable_parameters().values())
-        if not params or self.phi_steps == 0 or self.phi_optimizer == "lstsq":
-            return None
-        if self.phi_optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.phi_lr)
-        return torch.optim.Adam(params, lr=self.phi_lr)
+        return self.phi.optimizer()
 
     def guided_step(
         self,
