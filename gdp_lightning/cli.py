@@ -155,8 +155,9 @@ class GDPCLI(LightningCLI):
     """LightningCLI with the project's model (:class:`GDPModule`, or :class:`FinetuneModule` for ``fit``), data
     module, writer and TensorBoard trajectory callback."""
 
-    def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True):
+    def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, verbose: bool = True):
         self.command = ["gdp", *(sys.argv[1:] if args is None else args)]
+        self.verbose = verbose
         super().__init__(
             *classes_for(self.command[1:]),
             subclass_mode_model=False,
@@ -178,6 +179,8 @@ class GDPCLI(LightningCLI):
         parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
         parser.add_argument("--help-all", action=_FullHelp, help="Show every option, the trainer's included, and exit.")
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: a line per batch, no progress bars
+            parser.set_defaults({"trainer.enable_progress_bar": False, "model.progress": False})
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         """The subcommands with the project's own one-line descriptions, and ``export`` (run by :func:`main`)."""
@@ -190,6 +193,10 @@ class GDPCLI(LightningCLI):
             subparser.subcommand = subcommand
             self._subcommand_parsers[subcommand] = subparser
             subcommands.add_subcommand(subcommand, subparser, help=description)
+        if not self.verbose:  # test and validate: the command's summary instead of Lightning's result table
+            for subparser in self._subcommand_parsers.values():
+                if any(getattr(a, "dest", None) == "verbose" for a in subparser._actions):
+                    subparser.set_defaults(verbose=False)
         export = GDPArgumentParser(description=EXPORT_HELP + " Usage: gdp export CHECKPOINT OUTPUT [--dtype float16]")
         subcommands.add_subcommand("export", export, help=EXPORT_HELP)
 
@@ -326,14 +333,46 @@ def check_config_files(args: Sequence[str]) -> None:
             raise ConfigError(f"--config {value}: cannot read it ({e.strerror or e})") from None
 
 
+#: what the frameworks print that a run does not need: Lightning's tips and device lines (its INFO logs), and
+#: deprecation notes about code that is not the user's; ``--verbose`` shows them
+FRAMEWORK_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+FRAMEWORK_NOISE = (r".*isinstance\(treespec, LeafSpec\)", r"No seed found", r".*skip_none parameter was deprecated",
+                   r"Total length of `DataLoader` across ranks is zero")  # a rerun with every input done
+
+
+def verbose_flag(args: Sequence[str]) -> bool:
+    """``--verbose`` on its own (not Lightning's ``--verbose true|false`` of test and validate)."""
+    return any(a == "--verbose" and (i + 1 == len(args) or args[i + 1].lower() not in ("true", "false"))
+               for i, a in enumerate(args))
+
+
+def quiet_frameworks() -> None:
+    """Hide the frameworks' chatter (not their warnings about the run): see :data:`FRAMEWORK_NOISE`."""
+    import logging
+    import warnings
+
+    for name in FRAMEWORK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in FRAMEWORK_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gdp``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    verbose = verbose_flag(args)
+    if verbose:  # the bare flag is the command's; test and validate also pass it on to Lightning's result table
+        args = [a for a in args if a != "--verbose"] + (["--verbose", "true"] if args[:1] in (["test"], ["validate"])
+                                                         else [])
+    else:
+        quiet_frameworks()
     try:
         if args[:1] == ["export"]:
             return export_main(args[1:])
         check_config_files(args)
-        cli = GDPCLI(args=argv)
+        if argv is None:  # LightningCLI reads the (possibly edited) command line itself
+            sys.argv[1:] = args
+        cli = GDPCLI(args=None if argv is None else args, verbose=verbose)
     except USER_ERRORS as e:
         if os.environ.get("GDP_DEBUG"):
             raise

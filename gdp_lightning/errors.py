@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GDPError", "ConfigError", "InputError", "warn"]
+__all__ = ["GDPError", "ConfigError", "InputError", "warn", "note"]
 
 
 class GDPError(Exception):
@@ -37,3 +37,12 @@ def warn(message: str) -> None:
         return
     _warned.add(text)
     print(f"gdp: warning: {text}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """Print ``gdp: <message>`` on one line to stderr, on the first process only (what a run is doing: progress,
+    skipped inputs, its summary)."""
+    import sys
+
+    if _first_process():
+        print(f"gdp: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

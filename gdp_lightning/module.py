@@ -24,7 +24,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from .degradations import Degradation
 from .diffusion import GaussianDiffusion
-from .errors import ConfigError
+from .errors import ConfigError, note
 from .metrics import ImageMetrics
 from .prior import PriorSpec, load_prior_weights
 from .resources import available_bytes, format_seconds
@@ -251,10 +251,8 @@ class GDPModule(L.LightningModule):
         total = first * info.total
         if total < 120:
             return
-        from lightning.pytorch.utilities import rank_zero_info
-
         names = ", ".join(context.names[:3]) + (" ..." if len(context.names) > 3 else "")
-        rank_zero_info(f"{names} ({size[1]}x{size[0]}): step 1 of {info.total} took {format_seconds(first)}; "
+        note(f"{names} ({size[1]}x{size[0]}): step 1 of {info.total} took {format_seconds(first)}; "
                        f"this restoration needs about {format_seconds(total)}")
 
     def _check_memory(self) -> None:

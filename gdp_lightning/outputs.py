@@ -11,7 +11,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from .data.images import write_image
 from .io import atomic_path
 from .sampling.restorer import ImageResult, InputFailure
 
-__all__ = ["Failure", "phi_summary", "write_record", "write_failure_record", "write_sweep", "summarize_records",
+__all__ = ["Failure", "phi_summary", "run_summary", "write_record", "write_failure_record", "write_sweep", "summarize_records",
            "json_dump", "number"]
 
 
@@ -205,3 +205,26 @@ def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, 
                "mean_by_scale": means, "dataset": {k: number(v) for k, v in dataset.items()}}
     json_dump(directory / "metrics.json", summary)
     return rows, failures, indices, means
+
+
+#: the metrics a summary line shows first (the others follow, up to five in all)
+SHOWN_FIRST = ("psnr", "ssim", "lpips", "consistency", "loe", "kernel_error")
+
+
+def run_summary(rows: List[Dict[str, Any]], means: Dict[str, Dict[str, float]], skipped: int, directory: Path,
+                log_dir: Optional[str]) -> List[str]:
+    """The end of a run in a few lines: images restored, skipped (restored before) and failed, the mean metrics per
+    scale, where the outputs are and the TensorBoard command."""
+    with_output = {r["name"] for r in rows if not r.get("failed")}
+    failed = {r["name"] for r in rows if r.get("failed")} - with_output
+    lines = [f"{max(0, len(with_output) - skipped)} restored, {skipped} skipped (restored before), "
+             f"{len(failed)} without output"]
+    for scale, mean in means.items():
+        names = [k for k in SHOWN_FIRST if k in mean] + sorted(k for k in mean if k not in SHOWN_FIRST
+                                                                and k != "diverged")
+        values = ", ".join(f"{k} {mean[k]:.4g}" for k in names[:5])
+        if values:
+            lines.append(f"mean {values}" + (f" (scale {scale})" if len(means) > 1 else ""))
+    lines.append(f"outputs in {directory} (metrics.csv)"
+                 + (f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir else ""))
+    return lines

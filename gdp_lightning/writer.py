@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import sys
 import time
@@ -20,13 +21,21 @@ from typing import Any, Dict, List, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, note
 from .io import atomic_path
+from .resources import format_seconds
 from .metrics import DATASET_METRICS
-from .outputs import Failure, json_dump, phi_summary, summarize_records, write_failure_record, write_record
+from .outputs import (
+    Failure,
+    json_dump,
+    phi_summary,
+    run_summary,
+    summarize_records,
+    write_failure_record,
+    write_record,
+)
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings
 from .sampling.restorer import BatchResult, ImageResult, InputFailure
@@ -61,6 +70,7 @@ class RestorationWriter(Callback):
         self._dir: Optional[Path] = None
         self._rank = 0
         self._summarized = False
+        self._skipped, self._batches_written, self._started = 0, 0, time.monotonic()
         self._earlier: List[str] = []
         self._lock: Optional[FolderLock] = None
         #: what the run record says of the run: the command and its resolved config (see :meth:`describe_run`)
@@ -114,7 +124,7 @@ class RestorationWriter(Callback):
                 self._lock.acquire()
                 removed = remove_temporary_files(self._dir)
                 if removed:
-                    rank_zero_info(f"removed {len(removed)} half-written file(s) of an earlier, interrupted run "
+                    note(f"removed {len(removed)} half-written file(s) of an earlier, interrupted run "
                                    f"from {self._dir}")
             except InputError as e:
                 problem = str(e)
@@ -123,7 +133,9 @@ class RestorationWriter(Callback):
             raise InputError(problem)
         self._summarized = False
         self._earlier = []
+        self._batches_written, self._started = 0, time.monotonic()
         done = [it.name for it in items if self.is_done(it.name)]
+        self._skipped = len(done)
         if done:
             self._check_resume(trainer, pl_module)
         skip_done = getattr(datamodule, "skip_done", None)
@@ -252,14 +264,33 @@ class RestorationWriter(Callback):
 
     # ---------------------------------------------------------------- hooks
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._progress(trainer, outputs)
         self._write(outputs)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._progress(trainer, outputs)
         self._write(outputs)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.state.fn == "validate":  # not the validation inside fit
+            self._progress(trainer, outputs)
             self._write(outputs)
+
+    def _progress(self, trainer: "L.Trainer", outputs: Optional[BatchResult]) -> None:
+        """Without a progress bar (a log file), one line per batch: its images, how far the run is, the time."""
+        if trainer.progress_bar_callback is not None or not isinstance(outputs, BatchResult):
+            return
+        names = [item.name for item in outputs.items] + [f"{f.name} (failed)" for f in outputs.failed]
+        if not names:
+            return
+        self._batches_written += 1
+        counts = {"predict": trainer.num_predict_batches, "test": trainer.num_test_batches,
+                  "validate": trainer.num_val_batches}.get(trainer.state.fn.value, [])
+        total = sum(int(n) for n in counts if math.isfinite(n)) or "?"
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        where = " on this process" if trainer.world_size > 1 else ""
+        note(f"{shown}: batch {self._batches_written} of {total}{where} done, "
+             f"{format_seconds(time.monotonic() - self._started)} in all")
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.summarize(trainer, pl_module)
@@ -293,6 +324,8 @@ class RestorationWriter(Callback):
         rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
             self._log_predict_metrics(trainer, rows, indices, means)
+        for line in run_summary(rows, means, self._skipped, self.directory, getattr(trainer.logger, "log_dir", None)):
+            note(line)
 
     @staticmethod
     def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],

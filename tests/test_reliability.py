@@ -111,16 +111,15 @@ def test_a_second_run_into_a_folder_in_use_stops_naming_the_first(earlier, tiny_
     assert not (earlier / LOCK_NAME).exists()
 
 
-def test_half_written_files_of_a_killed_run_are_removed(earlier, tiny_prior, photos, tmp_path, capfd, caplog):
+def test_half_written_files_of_a_killed_run_are_removed(earlier, tiny_prior, photos, tmp_path, capfd):
     leftovers = [earlier / ".a.phi.x1y2z3.tmp.pt", earlier / ".b.k9.tmp.png", earlier / ".metrics.q.tmp.csv"]
     for path in leftovers:
         path.write_bytes(b"")
     (earlier / "a.json").unlink()  # a was being written when the run was killed
-    with caplog.at_level("INFO"):
-        rc, err = _deblur(capfd, tmp_path, tiny_prior, photos, earlier)
+    rc, err = _deblur(capfd, tmp_path, tiny_prior, photos, earlier)
     assert rc == 0, err
     assert not any(p.exists() for p in leftovers)
-    assert any("removed 3 half-written file(s)" in r.getMessage() for r in caplog.records)
+    assert any(line.startswith("gdp: removed 3 half-written file(s)") for line in err.splitlines())
     assert sorted(p.name for p in earlier.iterdir() if p.name.startswith(".")) == []
 
 
@@ -206,17 +205,16 @@ def test_a_batch_that_would_not_fit_in_memory_is_announced(tiny_prior, photos, t
     assert "--data.max_pixels" in warnings[0]
 
 
-def test_a_long_restoration_says_how_long_it_will_take(caplog):
+def test_a_long_restoration_says_how_long_it_will_take(capsys):
     from gdp_lightning.module import GDPModule, StepContext
     from gdp_lightning.sampling import StepInfo
 
     info = StepInfo(1, 20, 999, None, None, {}, None)
     context = StepContext("predict", 0, ["wide"], [0], 1.0, False)
-    with caplog.at_level("INFO"):
-        GDPModule._announce_duration(30.0, info, context, (10, 10000))
-        GDPModule._announce_duration(5.0, info, context, (10, 100))  # 100 s in all: nothing to say
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["wide (10000x10): step 1 of 20 took 30 s; this restoration needs about 10 min"]
+    GDPModule._announce_duration(30.0, info, context, (10, 10000))
+    GDPModule._announce_duration(5.0, info, context, (10, 100))  # 100 s in all: nothing to say
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["gdp: wide (10000x10): step 1 of 20 took 30 s; this restoration needs about 10 min"]
 
 
 # ------------------------------------------------------------------------------- masks that observe nothing

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..degradations import Degradation
-from ..errors import warn
+from ..errors import note, warn
 from ..resources import estimate_bytes, format_bytes
 from .batching import ShardSampler, group_batches
 from .datasets import InputItem, find_inputs
@@ -261,9 +261,7 @@ class GDPDataModule(L.LightningDataModule):
             batches = [[p for p in b if p not in done] for b in self._all_batches]
             self.batches = [b for b in batches if b]
             if done:
-                from lightning.pytorch.utilities import rank_zero_info
-
-                rank_zero_info(f"{len(done)} of {len(self.items)} inputs are already restored and are skipped "
+                note(f"{len(done)} of {len(self.items)} inputs are already restored and are skipped "
                                "(--writer.overwrite true restores them again)")
 
     # ------------------------------------------------------------- dataloaders
