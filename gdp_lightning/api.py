@@ -185,7 +185,7 @@ def restore(
         for item in out.items:
             r = item.results[0]
             diverged = None if r.diverged_step is None else {"step": r.diverged_step, "of": r.steps}
-            results.append({"image": r.image, "phi": r.phi, "losses": r.losses, "metrics": r.metrics,
+            results.append({"image": r.image, "std": r.std, "phi": r.phi, "losses": r.losses, "metrics": r.metrics,
                             "diverged": diverged, "retries": r.retries,
                             "scale_used": r.scale_used if r.retries else r.scale})
         offset += n

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from .data.images import write_image
 from .io import atomic_path
-from .sampling.restorer import ImageResult, InputFailure
+from .sampling.restorer import ImageResult, InputFailure, ScaleResult
 
-__all__ = ["Failure", "phi_summary", "run_summary", "write_record", "write_failure_record", "write_sweep", "summarize_records",
-           "json_dump", "number"]
+__all__ = ["Failure", "phi_summary", "run_summary", "write_spread", "STD_GAIN", "write_record", "write_failure_record",
+           "write_sweep", "summarize_records", "json_dump", "number"]
 
 
 class Failure(NamedTuple):
@@ -116,6 +116,8 @@ def write_record(directory: Path, item: ImageResult, process: int = 0, save_phi:
             "metrics": {k: number(v) for k, v in result.metrics.items()},
             "phi": {k: phi_summary(v) for k, v in result.phi.items()},
         }
+        if result.std is not None:  # posterior samples: their spread, and each sample when asked
+            entry.update(write_spread(out, f"{name}{suffix}", item, result))
         if save_phi and result.phi:
             phi_path = out / f"{name}{suffix}.phi.pt"
             with atomic_path(phi_path) as tmp:
@@ -228,3 +230,24 @@ def run_summary(rows: List[Dict[str, Any]], means: Dict[str, Dict[str, float]], 
     lines.append(f"outputs in {directory} (metrics.csv)"
                  + (f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir else ""))
     return lines
+
+
+#: ``<name>.std.png`` holds the samples' standard deviation (mean over the channels) times this gain, on the [0, 1]
+#: scale: gray level g means a standard deviation of g / 255 / STD_GAIN (white: 0.25 or more)
+STD_GAIN = 4.0
+
+
+def write_spread(directory: Path, stem: str, item: ImageResult, result: ScaleResult) -> Dict[str, Any]:
+    """``<stem>.std.png`` (see :data:`STD_GAIN`) and, when kept, ``<stem>.sample<j>.png``; their record entries."""
+    std = result.std.float().mean(0, keepdim=True)
+    write_image(directory / f"{stem}.std.png", (std * STD_GAIN).clamp(0, 1).expand(3, -1, -1), gray=True)
+    entry: Dict[str, Any] = {"std_output": f"{Path(stem).name}.std.png", "mean_std": number(std.mean()),
+                             "std_scale": f"gray level / 255 / {STD_GAIN:g} = standard deviation on the [0, 1] scale"}
+    if result.samples is not None:
+        names = []
+        for j, sample in enumerate(result.samples):
+            path = directory / f"{stem}.sample{j}.png"
+            write_image(path, sample, bits=item.bits, alpha=item.alpha, gray=item.gray)
+            names.append(path.name)
+        entry["samples"] = names
+    return entry

@@ -35,7 +35,9 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 #: settings of :meth:`GDPModule.describe` that do not change a restoration (a rerun may change them and resume)
 NEUTRAL_SETTINGS = ("checkpoint", "weights", "prior.checkpoint", "prior.source", "prior.description", "prior.name",
-                    "sampler.tile_batch", "sampler.on_divergence", "sampler.max_retries")
+                    "sampler.tile_batch", "sampler.on_divergence", "sampler.max_retries", "sampler.save_samples")
+#: settings added later, at the value that restores as runs before them did (a record without them resumes)
+EARLIER_DEFAULTS = {"sampler.num_samples": 1}
 
 
 def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:
@@ -54,7 +56,7 @@ def restoration_settings(model: Dict[str, Any]) -> Dict[str, Any]:
     checkpoint = model.get("checkpoint")
     if "checkpoint_sha256" not in flat and checkpoint and Path(checkpoint).is_file():
         flat["checkpoint_sha256"] = checkpoint_sha256(Path(checkpoint))
-    return {k: v for k, v in flat.items() if k not in NEUTRAL_SETTINGS}
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_SETTINGS and EARLIER_DEFAULTS.get(k, ...) != v}
 
 
 def model_record(trainer: "L.Trainer", pl_module: "L.LightningModule") -> Dict[str, Any]:

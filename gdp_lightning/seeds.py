@@ -18,7 +18,10 @@ dropout             the global generator at a training step of a process   ((see
 A sampler seed s has sub-streams: φ's initialisation (s + ``PHI``), a random class label (s + ``LABEL``), the
 held-out denoising loss's noise (s + ``DENOISING``). They are small offsets, so they meet the sampler seeds of
 other images (image i's denoising noise is image i + 208's restoration noise): never two draws of one image, and
-kept as they are because changing them would change every result.
+kept as they are because changing them would change every result. Posterior sample j of a sampler seed s
+(``num_samples``) has seed s + j · ``SAMPLES``: sample 0 is the single restoration. Torch's CPU generator uses only
+the low 32 bits of a seed, so only those tell two streams apart; ``SAMPLES`` changes them (two samples of one run
+meet only across more than a billion images).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["STRIDE", "DATA", "SAMPLER", "TRAINING", "CROPS", "PHI", "LABEL", "DENOISING", "stream_seed",
-           "dropout_seed", "generator"]
+__all__ = ["STRIDE", "DATA", "SAMPLER", "TRAINING", "CROPS", "PHI", "LABEL", "DENOISING", "SAMPLES", "stream_seed",
+           "sample_seed", "dropout_seed", "generator"]
 
 STRIDE = 1_000_003
 DATA = 0
@@ -39,6 +42,7 @@ DROPOUT = 1 << 43
 PHI = 0x5EED
 LABEL = 0x1ABE1
 DENOISING = 0xD0
+SAMPLES = 0x9E37_79B1  # odd and about 0.62·2³²: it moves the low 32 bits, which are all a CPU generator uses
 
 _MODULUS = {TRAINING: 2**63, CROPS: 2**64}
 
@@ -48,6 +52,12 @@ def stream_seed(seed: int, index: int, stream: int = DATA) -> int:
     value = stream + seed * STRIDE + int(index)
     modulus = _MODULUS.get(stream)
     return value % modulus if modulus else value
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """Sample ``sample`` of a sampler seed (posterior samples, ``num_samples``): the seed itself for sample 0, so
+    one sample is the restoration of a run without ``num_samples``."""
+    return int(seed) + int(sample) * SAMPLES
 
 
 def dropout_seed(seed: int, step: int, rank: int) -> int:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Set
 
+import pytest
 import torch
 
 from gdp_lightning.degradations import Blur, Compose, HDR, Inpainting, SuperResolution, gaussian_kernel
@@ -187,3 +188,42 @@ def test_kernel_inputs_fall_back_to_the_configured_kernel_and_must_match_in_size
         assert "differ in size" in str(e)
     else:
         raise AssertionError("kernels of different sizes in one batch")
+
+
+# ------------------------------------------------------------------ posterior samples (num_samples)
+def _sampling_restorer(**settings) -> Restorer:
+    spec = PriorSpec.from_dict({"unet": TINY})
+    options = SamplerSettings(steps="3", guidance="gradient", scale=300.0, save_samples=True, **KEEP, **settings)
+    return Restorer(_tiny().requires_grad_(False), GaussianDiffusion.from_prior(spec, respacing="3"),
+                    Blur(gaussian_kernel(5, 1.0), padding="reflect"), options)
+
+
+def _observations() -> dict:
+    y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    return {"y": y, "name": ["a", "b"], "index": torch.tensor([0, 1])}
+
+
+def test_the_mean_of_identical_seed_samples_is_the_sample_and_their_std_is_zero(monkeypatch):
+    import gdp_lightning.sampling.restorer as restorer_module
+
+    monkeypatch.setattr(restorer_module, "sample_seed", lambda seed, sample: seed)  # every sample the same draw
+    out = _sampling_restorer(num_samples=4).restore(_observations())
+    for item in out.items:
+        result = item.results[0]
+        assert result.samples.shape == (4, 3, 32, 32)
+        assert all(torch.equal(s, result.samples[0]) for s in result.samples)
+        assert torch.equal(result.image, result.samples[0])
+        assert torch.count_nonzero(result.std) == 0
+
+
+def test_posterior_samples_give_their_mean_and_standard_deviation():
+    out = _sampling_restorer(num_samples=3).restore(_observations())
+    for item in out.items:
+        result = item.results[0]
+        assert torch.allclose(result.image, result.samples.mean(0), atol=1e-6)
+        assert torch.allclose(result.std, result.samples.std(0, unbiased=False), atol=1e-6)
+        assert float(result.std.max()) > 0.01  # other seeds: other samples
+    single = _sampling_restorer(num_samples=1).restore(_observations())
+    assert single.items[0].results[0].std is None
+    with pytest.raises(Exception, match="num_samples must be >= 1"):
+        SamplerSettings(num_samples=0)

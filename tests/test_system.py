@@ -871,3 +871,25 @@ def test_labels_on_an_unconditional_prior_are_refused(tiny_prior, photos16, tmp_
     rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
                   "--model.class_label", "3", "--writer.output_dir", str(tmp_path / "out"))
     assert rc == 2 and "--model.class_label" in error_line(err) and "unconditional" in error_line(err)
+
+
+def test_posterior_samples_write_the_mean_the_std_and_each_sample(tiny_prior, photos16, tmp_path, capfd):
+    out = tmp_path / "out"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                  "--data.batch_size", "2", "--model.sampler.num_samples", "3", "--model.sampler.save_samples", "true",
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    for i in range(3):
+        name = f"im{i}"
+        result = record(out, name)["results"][0]
+        assert result["output"] == f"{name}.png" and result["std_output"] == f"{name}.std.png"
+        assert result["samples"] == [f"{name}.sample{j}.png" for j in range(3)]
+        samples = torch.stack([read_image(out / f"{name}.sample{j}.png").pixels for j in range(3)])
+        mean, std = read_image(out / f"{name}.png").pixels, read_image(out / f"{name}.std.png").pixels
+        assert png_size(out / f"{name}.std.png") == ((64, 64), "L")
+        # the mean and the std of the samples as written (8-bit samples: within a level or two)
+        assert float((mean - samples.mean(0)).abs().max()) <= 2 / 255
+        expected = (samples.std(0, unbiased=False).mean(0) * 4).clamp(0, 1)
+        assert float((std[0] - expected).abs().max()) <= 3 / 255
+        assert result["mean_std"] > 0 and "standard deviation" in result["std_scale"]
+    assert "im0.std" not in {r["name"] for r in read_rows(out / "metrics.csv")}  # one row per input

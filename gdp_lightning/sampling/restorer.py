@@ -10,6 +10,7 @@ keeps gray inputs gray, scores the 8-bit results and returns a :class:`BatchResu
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,7 +23,7 @@ from ..degradations import Degradation, kernel_error, kernel_width
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError, InputError, warn
 from ..metrics import ImageMetrics, to_8bit
-from ..seeds import SAMPLER, stream_seed
+from ..seeds import SAMPLER, sample_seed, stream_seed
 from .gdp import GDPResult, GDPSampler, QualityTerm, StepInfo
 from .labels import ClassLabels
 from .settings import SamplerSettings
@@ -47,6 +48,10 @@ class ScaleResult:
     #: ``on_divergence: retry``: restarts at half the scale, and the scale the result was made at
     retries: int = 0
     scale_used: Optional[float] = None
+    #: ``num_samples`` above 1: the samples' per-pixel standard deviation ``(C, H, W)`` (``image`` is their mean),
+    #: and with ``save_samples`` the samples ``(K, C, H, W)``
+    std: Optional[torch.Tensor] = None
+    samples: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -215,13 +220,13 @@ class Restorer:
         for scale, suffix in zip(scales, self.scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1, time.monotonic(),
                                   tuple(size))
-            result, retries, used = self._restore_with_retries(y, seeds, labels, scale, context, on_step)
+            result, retries, used, spread = self._restore_samples(y, seeds, labels, scale, context, on_step)
             full = to_8bit(result.images)
             if any(gray_out):  # metrics of what the file holds: one channel, the mean of the three
                 gray = torch.tensor(gray_out, device=full.device)[:, None, None, None]
                 full = torch.where(gray, to_8bit(result.images.mean(1, keepdim=True)).expand_as(full), full)
             with torch.no_grad():
-                ax = self.degradation(full)[..., :oh, :ow]
+                ax = self._operator(full)[..., :oh, :ow]
             if blind_spot is None:  # once a batch, after the sampler set φ up: pixels the operator never observes
                 blind_spot = self._blind_spot(full, oh, ow, names)
             low = y[:, :3, :oh, :ow] if (out_h, out_w) == (oh, ow) else None
@@ -252,6 +257,10 @@ class Restorer:
                                 if not (blind_spot[b] and k.startswith("consistency"))}, **kernel_scores[b]},
                     steps=self.diffusion.num_timesteps,
                 )
+                if spread is not None:  # posterior samples: their spread, and each sample when asked
+                    entry.std = spread["std"][b][..., :out_h, :out_w].cpu()
+                    if self.settings.save_samples:
+                        entry.samples = spread["samples"][b][..., :out_h, :out_w].cpu()
                 if retries[b]:
                     entry.retries, entry.scale_used = retries[b], used[b]
                 if result.diverged[b] is not None:  # the record says where it went wrong
@@ -319,16 +328,65 @@ class Restorer:
             pw += 1
         return (ph, pw)
 
+    def _operator(self, x: torch.Tensor) -> torch.Tensor:
+        """A(x) with the φ the sampler left: with ``num_samples`` K above 1 it holds one φ per sample, so each
+        image goes through its K samples' operators and the results are averaged (one operator for a known one)."""
+        k = self.settings.num_samples
+        if k == 1:
+            return self.degradation(x)
+        out = self.degradation(x.repeat_interleave(k, 0))
+        return out.reshape(x.shape[0], k, *out.shape[1:]).mean(1)
+
     def _blind_spot(self, full: torch.Tensor, oh: int, ow: int, names: Sequence[str]) -> List[bool]:
         """Per image: whether its operator observes no pixel (an all-black mask). Its output is the prior's
         invention and gets no consistency score; a warning says so."""
         with torch.no_grad():
-            blind = (self.degradation(torch.ones_like(full))[..., :oh, :ow] == 0).flatten(1).all(1).tolist()
+            blind = (self._operator(torch.ones_like(full))[..., :oh, :ow] == 0).flatten(1).all(1).tolist()
         unseen = [n for n, b in zip(names, blind) if b]
         if unseen:
             warn(f"{', '.join(unseen[:3])}{' and more' if len(unseen) > 3 else ''}: the mask observes no pixel; "
                  "the output is the prior's invention and gets no consistency score")
         return blind
+
+    def _restore_samples(self, y: torch.Tensor, seeds: List[int], labels: Optional[torch.Tensor], scale: float,
+                         context: StepContext, on_step: Optional[StepHook]) -> tuple:
+        """:meth:`_restore_with_retries`; with ``num_samples`` K above 1, K samples of every image in one batch
+        (sample j of image i seeded by ``sample_seed(seed_i, j)``), combined: the image is the mean of the samples
+        that did not diverge (all of them with ``on_divergence: keep``), φ and the losses their means; an image
+        diverged when all its samples did. Returns the result, retries and scales per image, and the samples'
+        ``{"std": (N, C, H, W), "samples": (N, K, C, H, W)}`` (``None`` for one sample)."""
+        k = self.settings.num_samples
+        if k == 1:
+            return (*self._restore_with_retries(y, seeds, labels, scale, context, on_step), None)
+        n = y.shape[0]
+        many = [sample_seed(s, j) for s in seeds for j in range(k)]
+        context = dataclasses.replace(context, names=[f"{name}/sample{j}" for name in context.names for j in range(k)],
+                                      indices=[i for i in context.indices for _ in range(k)])
+        result, retries, used = self._restore_with_retries(
+            y.repeat_interleave(k, 0), many, None if labels is None else labels.repeat_interleave(k, 0), scale,
+            context, on_step)
+        samples = result.images.reshape(n, k, *result.images.shape[1:])
+        kept = self.settings.on_divergence == "keep"
+        ok = torch.tensor([d is None or kept for d in result.diverged], device=samples.device).reshape(n, k)
+        weights = ok.to(samples.dtype) / ok.sum(1, keepdim=True).clamp_min(1).to(samples.dtype)
+        w = weights.reshape(n, k, *([1] * (samples.ndim - 2)))
+        mean = (samples * w).sum(1)
+        std = ((samples - mean[:, None]) ** 2 * w).sum(1).sqrt()
+
+        def per_image(v: torch.Tensor) -> torch.Tensor:
+            if v.ndim == 0 or v.shape[0] != n * k:  # shared by the batch
+                return v
+            grouped = v.reshape(n, k, *v.shape[1:])
+            return (grouped * weights.to(v.device, v.dtype).reshape(n, k, *([1] * (v.ndim - 1)))).sum(1)
+
+        diverged = [next((d for d in result.diverged[i * k:(i + 1) * k] if d is not None), None)
+                    if not bool(ok[i].any()) else None for i in range(n)]
+        combined = GDPResult(images=mean, phi={key: per_image(v) for key, v in result.phi.items()},
+                             losses={key: per_image(v) for key, v in result.losses.items()},
+                             trajectory=result.trajectory, diverged=diverged)
+        grouped_retries = [max(retries[i * k:(i + 1) * k]) for i in range(n)]
+        grouped_used = [min(used[i * k:(i + 1) * k]) for i in range(n)]
+        return combined, grouped_retries, grouped_used, {"std": std, "samples": samples}
 
     def _restore_with_retries(self, y: torch.Tensor, seeds: List[int], labels: Optional[torch.Tensor], scale: float,
                               context: StepContext, on_step: Optional[StepHook]) -> tuple:

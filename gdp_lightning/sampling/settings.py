@@ -99,6 +99,9 @@ class SamplerSettings(SamplerOptions):
         status is 3; ``retry``: it is restored again at half the scale, up to ``max_retries`` times, before it is
         flagged; ``keep``: its output is written and scored all the same, its record says it diverged.
     :param max_retries: restarts of a diverged image with ``on_divergence: retry``.
+    :param num_samples: posterior samples per input (K, restored together in one batch of K times the images):
+        the output is their mean, ``<name>.std.png`` their per-pixel standard deviation; 1: one sample, as without.
+    :param save_samples: with ``num_samples`` above 1, also write each sample (``<name>.sample<j>.png``).
     """
 
     steps: Union[int, str] = "100"
@@ -108,6 +111,8 @@ class SamplerSettings(SamplerOptions):
     guidance_substeps: int = 0
     on_divergence: str = "flag"
     max_retries: int = 2
+    num_samples: int = 1
+    save_samples: bool = False
 
     def __post_init__(self) -> None:
         try:  # frozen: a number from YAML or the command line is kept as its string
@@ -124,6 +129,8 @@ class SamplerSettings(SamplerOptions):
                               f"{self.on_divergence!r}")
         if self.max_retries < 0:
             raise ConfigError(f"--model.sampler.max_retries must be >= 0, got {self.max_retries}")
+        if self.num_samples < 1:
+            raise ConfigError(f"--model.sampler.num_samples must be >= 1, got {self.num_samples}")
 
     def options(self) -> SamplerOptions:
         """The sampler's options these settings hold."""
