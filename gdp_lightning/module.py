@@ -99,7 +99,8 @@ class GDPModule(L.LightningModule):
             raise ConfigError(f"--model.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if small_images not in ("pad", "error"):
             raise ConfigError(f"--model.small_images must be 'pad' or 'error', got {small_images!r}")
-        self.save_hyperparameters(ignore=["degradation", "quality"])
+        # kept in checkpoints; TensorBoard's HParams get the run's settings and metrics from the writer instead
+        self.save_hyperparameters(ignore=["degradation", "quality"], logger=False)
         # plain values only, so that checkpoints load with torch.load(weights_only=True)
         self.hparams.update(prior=prior.to_dict(), sampler=dataclasses.asdict(sampler))
         self.prior = prior

@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import lightning as L
 
-__all__ = ["sha256", "checkpoint_sha256", "NEUTRAL_SETTINGS", "restoration_settings", "model_record"]
+__all__ = ["sha256", "checkpoint_sha256", "NEUTRAL_SETTINGS", "restoration_settings", "model_record", "run_hparams"]
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -71,3 +71,17 @@ def model_record(trainer: "L.Trainer", pl_module: "L.LightningModule") -> Dict[s
     if weights is not None and weights.is_file():
         model["checkpoint_sha256"] = checkpoint_sha256(weights)
     return model
+
+
+def run_hparams(model: Dict[str, Any], data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The settings that tell runs apart, flat and plain (TensorBoard's HParams): the task (operator, quality
+    terms), the sampler, the prior (name, checkpoint hash, precision, seed) and the data settings; not the prior's
+    architecture flags (the name and the hash say which prior it is)."""
+    params: Dict[str, Any] = {"task/degradation": model.get("degradation"),
+                              "task/quality": "; ".join(model.get("quality") or []) or "none",
+                              "prior/name": (model.get("prior") or {}).get("name"),
+                              "prior/checkpoint_sha256": str(model.get("checkpoint_sha256"))[:16],
+                              "precision": model.get("precision"), "seed": model.get("seed")}
+    params.update({f"sampler/{k}": v for k, v in (model.get("sampler") or {}).items()})
+    params.update({f"data/{k}": v for k, v in (data or {}).items()})
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}

@@ -37,7 +37,7 @@ from .outputs import (
     write_record,
 )
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
-from .run_record import model_record, restoration_settings
+from .run_record import model_record, restoration_settings, run_hparams
 from .sampling.restorer import BatchResult, ImageResult, InputFailure
 
 __all__ = ["RestorationWriter", "Failure", "phi_summary", "input_folders"]
@@ -324,8 +324,25 @@ class RestorationWriter(Callback):
         rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
             self._log_predict_metrics(trainer, rows, indices, means)
+        self._log_run(trainer, pl_module, means, dataset)
         for line in run_summary(rows, means, self._skipped, self.directory, getattr(trainer.logger, "log_dir", None)):
             note(line)
+
+    def _log_run(self, trainer: "L.Trainer", pl_module: "L.LightningModule", means: Dict[str, Dict[str, float]],
+                 dataset: Dict[str, float]) -> None:
+        """TensorBoard's HParams of the run (task, sampler, prior and checkpoint, data; see :func:`run_hparams`)
+        with its real metrics (the means, per scale in a sweep, and the dataset metrics), and the resolved config
+        as text (``run/config``)."""
+        stage = trainer.state.fn.value
+        params = run_hparams(model_record(trainer, pl_module), getattr(trainer.datamodule, "hparams_for_log", None))
+        metrics = {f"hparams/{k}{'' if len(means) == 1 else f'/s{scale}'}": v for scale, mean in means.items()
+                   for k, v in mean.items()}
+        metrics.update({f"hparams/{k}": v for k, v in dataset.items()})
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"stage": stage, **params}, metrics=metrics or {"hparams/images": 0.0})
+            experiment = getattr(logger, "experiment", None)
+            if self.run_config and hasattr(experiment, "add_text"):  # four spaces: a code block in Markdown
+                experiment.add_text("run/config", "\n".join("    " + line for line in self.run_config.splitlines()))
 
     @staticmethod
     def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],

@@ -893,3 +893,34 @@ def test_posterior_samples_write_the_mean_the_std_and_each_sample(tiny_prior, ph
         assert float((std[0] - expected).abs().max()) <= 3 / 255
         assert result["mean_std"] > 0 and "standard deviation" in result["std_scale"]
     assert "im0.std" not in {r["name"] for r in read_rows(out / "metrics.csv")}  # one row per input
+
+
+def test_tensorboard_hparams_hold_the_task_sampler_prior_and_data_with_the_real_metrics(tiny_prior, crops, tmp_path,
+                                                                                         capfd):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    clean = write_images(tmp_path / "clean", crops[:2, :, :32, :32], ["c0", "c1"])
+    logs = tmp_path / "logs"
+    rc, err = gdp(capfd, logs, "test", tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode", "synthetic",
+                  "--writer.output_dir", str(tmp_path / "out"))
+    assert rc == 0, err
+    acc = events(logs)
+    hparams, metric_tags = {}, []
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            hparams = dict(data.session_start_info.hparams)
+        if data.HasField("experiment"):
+            metric_tags = [m.name.tag for m in data.experiment.metric_infos]
+    assert hparams["stage"].string_value == "test"
+    assert "SuperResolution" in hparams["task/degradation"].string_value
+    assert hparams["sampler/steps"].string_value == "3" and hparams["data/mode"].string_value == "synthetic"
+    assert hparams["prior/name"].string_value == "tiny_plain" and len(hparams["prior/checkpoint_sha256"].string_value)
+    assert not any(k.startswith(("_instantiator", "prior.unet", "class_label")) for k in hparams)
+    assert {"hparams/psnr", "hparams/ssim", "hparams/consistency"} <= set(metric_tags)
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())["mean_by_scale"]["1000"]
+    assert [e.value for e in acc.Scalars("hparams/psnr")] == [pytest.approx(summary["psnr"], rel=1e-5)]
+    assert "hp_metric" not in acc.Tags()["scalars"]
+    [config] = acc.Tensors("run/config/text_summary")
+    text = config.tensor_proto.string_val[0].decode()
+    assert "    model:" in text and "SuperResolution" in text  # the resolved YAML, as a code block

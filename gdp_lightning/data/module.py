@@ -209,6 +209,12 @@ class GDPDataModule(L.LightningDataModule):
         operator = self.task_operator if self.mode == "real" else None
         return tuple(operator.input_size(height, width)) if operator is not None else (height, width)
 
+    @property
+    def hparams_for_log(self) -> dict:
+        """The data settings a run's record and TensorBoard's HParams show."""
+        return {"mode": self.mode, "batch_size": self.batch_size, "crop_size": self.crop_size,
+                "quantize": self.quantize, "seed": self.seed, "inputs": len(self.items)}
+
     def check_memory(self, model_bytes: int, free: Optional[int]) -> None:
         """Warn when the largest batch would need more memory than ``free`` bytes (estimated by
         :func:`~gdp_lightning.resources.estimate_bytes` from its restored pixels and the model's ``model_bytes``)."""
