@@ -176,8 +176,9 @@ class GDPCLI(LightningCLI):
         parser.link_arguments("model", "data.task_operator", compute_fn=_task_operator, apply_on="instantiate")
         if issubclass(self.datamodule_class, FinetuneData):  # fit crops at the prior's size
             parser.link_arguments("model", "data.image_size", compute_fn=_image_size, apply_on="instantiate")
-        parser.add_lightning_class_args(RestorationWriter, "writer")
+        # the TensorBoard logger first: it sees each batch's images before the writer lets go of them
         parser.add_lightning_class_args(TrajectoryLogger, "trajectory")
+        parser.add_lightning_class_args(RestorationWriter, "writer")
         parser.add_argument("--help-all", action=_FullHelp, help="Show every option, the trainer's included, and exit.")
         if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: a line per batch, no progress bars
             parser.set_defaults({"trainer.enable_progress_bar": False, "model.progress": False})

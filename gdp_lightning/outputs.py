@@ -20,8 +20,8 @@ from .data.images import write_image
 from .io import atomic_path
 from .sampling.restorer import ImageResult, InputFailure, ScaleResult
 
-__all__ = ["Failure", "phi_summary", "run_summary", "write_spread", "STD_GAIN", "write_record", "write_failure_record",
-           "write_sweep", "summarize_records", "json_dump", "number"]
+__all__ = ["Failure", "phi_summary", "run_summary", "metrics_table", "write_spread", "STD_GAIN", "write_record",
+           "write_failure_record", "write_sweep", "summarize_records", "json_dump", "number"]
 
 
 class Failure(NamedTuple):
@@ -251,3 +251,16 @@ def write_spread(directory: Path, stem: str, item: ImageResult, result: ScaleRes
             names.append(path.name)
         entry["samples"] = names
     return entry
+
+
+def metrics_table(rows: List[Dict[str, Any]]) -> str:
+    """The per-image metrics as a Markdown table keyed by image name (TensorBoard's text dashboard)."""
+    skip = {"name", "scale", "diverged_step", "failed", "error"}
+    columns = sorted({k for r in rows for k in r} - skip)
+    lines = ["| image | scale | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else str(r.get(k, "")) for k in columns]
+        scale = "" if r.get("scale") is None else f"{r['scale']:g}"
+        lines.append(f"| {r['name']}{' (failed: ' + str(r.get('error')) + ')' if r.get('failed') else ''} | {scale} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)

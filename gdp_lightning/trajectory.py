@@ -1,5 +1,6 @@
-"""The TensorBoard view inside the sampler (:class:`TrajectoryLogger`): x̃0 every k diffusion steps, the loss terms
-and φ summaries at every step, and the trajectory grid of the first images."""
+"""The TensorBoard view of restorations (:class:`TrajectoryLogger`): per image a labelled panel input | output |
+ground truth | error or uncertainty, and inside the sampler x̃0 every k diffusion steps, the loss terms and φ
+summaries at every step, and the trajectory grid of the first images."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .panels import restoration_panel
 from .ranges import to_image
+from .sampling.restorer import BatchResult
 
 __all__ = ["TrajectoryLogger"]
 
@@ -29,14 +32,64 @@ class TrajectoryLogger(Callback):
     :param num_images: images per batch to follow.
     :param num_batches: batches to follow.
     :param scalars: log the loss terms and φ at every step.
+    :param panels: images (of the first process) whose panel ``panels/<stage>/<name>`` is logged: input (enlarged
+        to the output's size) | output | ground truth where known | the samples' standard deviation with
+        ``num_samples``, else the absolute error where the truth is known (maps ×4, see :mod:`.panels`).
+    :param panel_size: the largest side of a panel's tiles (larger outputs are shrunk for TensorBoard).
     """
 
-    def __init__(self, every_n_steps: int = 10, num_images: int = 4, num_batches: int = 1, scalars: bool = True):
+    def __init__(self, every_n_steps: int = 10, num_images: int = 4, num_batches: int = 1, scalars: bool = True,
+                 panels: int = 16, panel_size: int = 512):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps, self.num_images = every_n_steps, num_images
         self.num_batches, self.scalars = num_batches, scalars
+        self.panels, self.panel_size = panels, panel_size
         self._frames: Dict[str, List[torch.Tensor]] = {}
+        self._panels_logged = 0
+
+    # ------------------------------------------------------------------ panels
+    def _start(self) -> None:
+        self._panels_logged = 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._start()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._start()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log_panels(trainer, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log_panels(trainer, outputs, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log_panels(trainer, outputs, batch)
+
+    def _log_panels(self, trainer: "L.Trainer", outputs, batch) -> None:
+        """The panels of a restored batch (runs before the writer, which then lets go of the images)."""
+        if self._panels_logged >= self.panels or not isinstance(outputs, BatchResult) or not trainer.is_global_zero:
+            return
+        experiment = self._experiment(trainer) if trainer.state.fn != "fit" else None
+        if experiment is None:
+            return
+        stage, names = trainer.state.fn.value, list(batch["name"])
+        for item in outputs.items:
+            if self._panels_logged >= self.panels:
+                break
+            b = names.index(item.name)
+            truth = batch["x"][b] if "x" in batch else None
+            for result in item.results:
+                if result.image is None:
+                    continue
+                suffix = f"_s{result.scale:g}" if len(item.results) > 1 else ""
+                picture = restoration_panel(batch["y"][b], result.image, truth, result.std, self.panel_size)
+                experiment.add_image(f"panels/{stage}/{item.name}{suffix}", picture, global_step=0)
+            self._panels_logged += 1
 
     @staticmethod
     def _experiment(trainer: "L.Trainer"):

@@ -30,6 +30,7 @@ from .metrics import DATASET_METRICS
 from .outputs import (
     Failure,
     json_dump,
+    metrics_table,
     phi_summary,
     run_summary,
     summarize_records,
@@ -324,15 +325,15 @@ class RestorationWriter(Callback):
         rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
         if trainer.state.fn == "predict":  # validate and test log their means through the module
             self._log_predict_metrics(trainer, rows, indices, means)
-        self._log_run(trainer, pl_module, means, dataset)
+        self._log_run(trainer, pl_module, means, dataset, rows)
         for line in run_summary(rows, means, self._skipped, self.directory, getattr(trainer.logger, "log_dir", None)):
             note(line)
 
     def _log_run(self, trainer: "L.Trainer", pl_module: "L.LightningModule", means: Dict[str, Dict[str, float]],
-                 dataset: Dict[str, float]) -> None:
+                 dataset: Dict[str, float], rows: List[Dict[str, Any]]) -> None:
         """TensorBoard's HParams of the run (task, sampler, prior and checkpoint, data; see :func:`run_hparams`)
-        with its real metrics (the means, per scale in a sweep, and the dataset metrics), and the resolved config
-        as text (``run/config``)."""
+        with its real metrics (the means, per scale in a sweep, and the dataset metrics), the per-image metrics as a
+        table (``<stage>/metrics``) and the resolved config as text (``run/config``)."""
         stage = trainer.state.fn.value
         params = run_hparams(model_record(trainer, pl_module), getattr(trainer.datamodule, "hparams_for_log", None))
         metrics = {f"hparams/{k}{'' if len(means) == 1 else f'/s{scale}'}": v for scale, mean in means.items()
@@ -341,8 +342,10 @@ class RestorationWriter(Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams({"stage": stage, **params}, metrics=metrics or {"hparams/images": 0.0})
             experiment = getattr(logger, "experiment", None)
-            if self.run_config and hasattr(experiment, "add_text"):  # four spaces: a code block in Markdown
-                experiment.add_text("run/config", "\n".join("    " + line for line in self.run_config.splitlines()))
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(f"{stage}/metrics", metrics_table(rows))  # per image, by name
+                if self.run_config:  # four spaces: a code block in Markdown
+                    experiment.add_text("run/config", "\n".join("    " + line for line in self.run_config.splitlines()))
 
     @staticmethod
     def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],

@@ -924,3 +924,30 @@ def test_tensorboard_hparams_hold_the_task_sampler_prior_and_data_with_the_real_
     [config] = acc.Tensors("run/config/text_summary")
     text = config.tensor_proto.string_val[0].decode()
     assert "    model:" in text and "SuperResolution" in text  # the resolved YAML, as a code block
+
+
+def test_tensorboard_panels_and_the_metrics_table_judge_each_image(tiny_prior, crops, tmp_path, capfd):
+    clean = write_images(tmp_path / "clean", crops[:3, :, :32, :32], ["c0", "c1", "c2"])
+    logs = tmp_path / "logs"
+    rc, err = gdp(capfd, logs, "test", tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode", "synthetic",
+                  "--data.batch_size", "2", "--trajectory.panels", "2", "--writer.output_dir", str(tmp_path / "out"))
+    assert rc == 0, err
+    acc = events(logs)
+    panels = sorted(t for t in acc.Tags()["images"] if t.startswith("panels/"))
+    assert panels == ["panels/test/c0", "panels/test/c1"]  # --trajectory.panels 2
+    [event] = acc.Images("panels/test/c0")
+    # input | output | ground truth | |error|, 32 px each, 2 px apart, under a 14 px label band
+    assert (event.width, event.height) == (4 * 32 + 3 * 2, 32 + 14)
+    from PIL import Image
+    import io
+
+    picture = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).astype(float) / 255
+    truth = crops[0, :, :32, :32].permute(1, 2, 0).numpy()
+    assert np.abs(picture[14:, 68:100] - truth).max() <= 1.01 / 255  # the third tile is the ground truth
+    output = read_image(tmp_path / "out" / "c0.png").pixels.permute(1, 2, 0).numpy()
+    assert np.abs(picture[14:, 34:66] - output).max() <= 1.01 / 255
+    error = np.clip(np.abs(output - truth).mean(-1) * 4, 0, 1)
+    assert np.abs(picture[14:, 102:134, 0] - error).max() <= 2.01 / 255
+    [table] = acc.Tensors("test/metrics/text_summary")
+    text = table.tensor_proto.string_val[0].decode()
+    assert text.splitlines()[0].startswith("| image | scale | consistency |") and "| c2 | 1000 |" in text

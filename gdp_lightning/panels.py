@@ -1,0 +1,66 @@
+"""Labelled side-by-side pictures for judging a restoration at a glance (no Lightning): input | output | ground
+truth | error or uncertainty, each tile with its label above it."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["panel", "restoration_panel", "LABEL_HEIGHT", "MAP_GAIN"]
+
+LABEL_HEIGHT = 14
+#: error and standard-deviation maps are shown times this gain (white: 0.25 or more on the [0, 1] scale)
+MAP_GAIN = 4.0
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    image = image.detach().float().cpu().clamp(0, 1)
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def _resize(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    larger = size[0] >= image.shape[-2]
+    return F.interpolate(image[None], size=size, mode="nearest" if larger else "area")[0]
+
+
+def panel(tiles: Sequence[Tuple[str, torch.Tensor]], max_side: int = 512) -> torch.Tensor:
+    """Tiles ``(label, (C, H, W) in [0, 1])`` side by side at the first tile's size (at most ``max_side`` pixels a
+    side), 2 pixels apart, each under a band with its label; ``(3, H + LABEL_HEIGHT, W)`` in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    height, width = tiles[0][1].shape[-2:]
+    factor = min(1.0, max_side / max(height, width))
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    gap = 2
+    total = len(tiles) * size[1] + gap * (len(tiles) - 1)
+    canvas = torch.zeros(3, size[0] + LABEL_HEIGHT, total)
+    for k, (_, image) in enumerate(tiles):
+        left = k * (size[1] + gap)
+        canvas[:, LABEL_HEIGHT:, left:left + size[1]] = _resize(_rgb(image), size)
+    picture = Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(picture)
+    for k, (label, _) in enumerate(tiles):
+        draw.text((k * (size[1] + gap) + 2, 1), label, fill=(255, 255, 0))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255
+
+
+def restoration_panel(observation: torch.Tensor, output: torch.Tensor, truth: Optional[torch.Tensor] = None,
+                      std: Optional[torch.Tensor] = None, max_side: int = 512) -> torch.Tensor:
+    """input (the observation's first three channels, enlarged to the output's size) | output | ground truth (when
+    known) | the samples' standard deviation (``num_samples``) or else the absolute error (when the truth is known),
+    both times :data:`MAP_GAIN`, averaged over the channels."""
+    tiles: List[Tuple[str, torch.Tensor]] = [("output", output)]
+    tiles.insert(0, ("input", _resize(_rgb(observation), tuple(output.shape[-2:]))))
+    if truth is not None:
+        tiles.append(("ground truth", truth))
+    if std is not None:
+        tiles.append((f"std x{MAP_GAIN:g}", (std.float().mean(0, keepdim=True) * MAP_GAIN).clamp(0, 1)))
+    elif truth is not None:
+        error = (_rgb(output) - _rgb(truth)).abs().mean(0, keepdim=True)
+        tiles.append((f"|error| x{MAP_GAIN:g}", (error * MAP_GAIN).clamp(0, 1)))
+    return panel(tiles, max_side)
