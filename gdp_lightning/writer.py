@@ -322,9 +322,8 @@ class RestorationWriter(Callback):
         prefix = f"{trainer.state.stage.value}/" if trainer.state.stage is not None else None
         dataset = {key[len(prefix):]: float(value) for key, value in trainer.callback_metrics.items()
                    if prefix and key.startswith(prefix) and key[len(prefix):].split("/")[0] in DATASET_METRICS}
-        rows, self.failures, indices, means = summarize_records(self.directory, names, dataset)
-        if trainer.state.fn == "predict":  # validate and test log their means through the module
-            self._log_predict_metrics(trainer, rows, indices, means)
+        rows, self.failures, _, means = summarize_records(self.directory, names, dataset)
+        self._log_means(trainer, means)
         self._log_run(trainer, pl_module, means, dataset, rows)
         for line in run_summary(rows, means, self._skipped, self.directory, getattr(trainer.logger, "log_dir", None)):
             note(line)
@@ -348,20 +347,18 @@ class RestorationWriter(Callback):
                     experiment.add_text("run/config", "\n".join("    " + line for line in self.run_config.splitlines()))
 
     @staticmethod
-    def _log_predict_metrics(trainer: "L.Trainer", rows: List[Dict[str, Any]], indices: Dict[str, int],
-                             means: Dict[str, Dict[str, float]]) -> None:
-        """To the loggers (TensorBoard): ``predict/<metric>`` per image (the step is the input's index) and
-        ``predict/mean_<metric>`` (step 0); with a scale sweep, one series per scale (``.../s<scale>``)."""
+    def _log_means(trainer: "L.Trainer", means: Dict[str, Dict[str, float]]) -> None:
+        """To the loggers (TensorBoard): predict's means as ``predict/<metric>`` (``/s<scale>`` in a sweep), named as
+        validate's and test's (their module logs them); per image they are in the ``<stage>/metrics`` table. A scale
+        sweep of any stage also gets ``sweep/<stage>/<metric>`` with the scale as the step: the metric against the
+        scale in one chart."""
+        stage = trainer.state.fn.value
         sweep = len(means) > 1
-        for row in rows:
-            if row["scale"] is None:  # an input that could not be used
-                continue
-            suffix = f"/s{row['scale']:g}" if sweep else ""
-            values = {f"predict/{k}{suffix}": float(v) for k, v in row.items()
-                      if k not in ("name", "scale", "error", "failed") and v is not None}
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=indices[row["name"]])
         for scale, mean in means.items():
-            suffix = f"/s{scale}" if sweep else ""
             for logger in trainer.loggers:
-                logger.log_metrics({f"predict/mean_{k}{suffix}": v for k, v in mean.items()}, step=0)
+                if stage == "predict":
+                    suffix = f"/s{scale}" if sweep else ""
+                    logger.log_metrics({f"predict/{k}{suffix}": v for k, v in mean.items()}, step=0)
+                if sweep:
+                    logger.log_metrics({f"sweep/{stage}/{k}": v for k, v in mean.items()},
+                                       step=int(round(float(scale))))

@@ -563,14 +563,15 @@ def test_predict_logs_metrics_and_phi_to_tensorboard(tiny_prior, photos16, tmp_p
                   "--data.batch_size", "3", "--writer.output_dir", str(out), steps=3, scale=100.0)
     assert rc == 0, err
     acc = events(logs)
-    # per image (the step is its index) and the mean, as in metrics.csv / metrics.json (real photos: no PSNR)
+    # the mean as metrics.json has it, named as test's and validate's (real photos: no PSNR); per image a table
     rows = read_rows(out / "metrics.csv")
-    logged = acc.Scalars("predict/consistency")
-    assert [e.step for e in logged] == [0, 1, 2]
-    assert [e.value for e in logged] == [pytest.approx(float(r["consistency"]), rel=1e-5) for r in rows]
     mean = json.loads((out / "metrics.json").read_text())["mean_by_scale"]["100"]["consistency"]
-    assert [e.value for e in acc.Scalars("predict/mean_consistency")] == [pytest.approx(mean, rel=1e-5)]
-    assert "predict/psnr" not in acc.Tags()["scalars"]
+    assert [e.value for e in acc.Scalars("predict/consistency")] == [pytest.approx(mean, rel=1e-5)]
+    assert "predict/psnr" not in acc.Tags()["scalars"] and "predict/mean_consistency" not in acc.Tags()["scalars"]
+    [table] = acc.Tensors("predict/metrics/text_summary")
+    text = table.tensor_proto.string_val[0].decode()
+    for r in rows:
+        assert f"| {r['name']} | 100 | {float(r['consistency']):.4g} |" in text
     # φ at every diffusion step: the learned gain f of the first images ends where the record says
     for name in ("im0", "im1"):
         f = acc.Scalars(f"phi/predict/{name}/f")
@@ -763,7 +764,11 @@ def test_scale_sweep(tiny_prior, photos16, tmp_path, capfd):
     rows = read_rows(out / "metrics.csv")
     assert [(r["name"], float(r["scale"])) for r in rows] == [
         (f"im{i}", s) for i in range(3) for s in (500.0, 2000.0)]
-    assert set(json.loads((out / "metrics.json").read_text())["mean_by_scale"]) == {"500", "2000"}
+    means = json.loads((out / "metrics.json").read_text())["mean_by_scale"]
+    assert set(means) == {"500", "2000"}
+    chart = events(tmp_path / "logs").Scalars("sweep/predict/consistency")  # the metric against the scale
+    assert [(e.step, e.value) for e in chart] == [(500, pytest.approx(means["500"]["consistency"], rel=1e-5)),
+                                                   (2000, pytest.approx(means["2000"]["consistency"], rel=1e-5))]
 
 
 def test_scale_sweep_with_ground_truth_reports_one_fid_per_scale(tiny_prior, crops, tmp_path, capfd):
