@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["panel", "restoration_panel", "LABEL_HEIGHT", "MAP_GAIN"]
+__all__ = ["panel", "restoration_panel", "kernel_panel", "LABEL_HEIGHT", "MAP_GAIN"]
 
 LABEL_HEIGHT = 14
 #: error and standard-deviation maps are shown times this gain (white: 0.25 or more on the [0, 1] scale)
@@ -64,3 +64,17 @@ def restoration_panel(observation: torch.Tensor, output: torch.Tensor, truth: Op
         error = (_rgb(output) - _rgb(truth)).abs().mean(0, keepdim=True)
         tiles.append((f"|error| x{MAP_GAIN:g}", (error * MAP_GAIN).clamp(0, 1)))
     return panel(tiles, max_side)
+
+
+def kernel_panel(learned: torch.Tensor, true: Optional[torch.Tensor] = None, side: int = 96) -> torch.Tensor:
+    """A learned blur kernel beside the true one (when known), each scaled to its own maximum (white) and enlarged
+    to ``side`` pixels (nearest: one block per kernel entry)."""
+    def picture(kernel: torch.Tensor) -> torch.Tensor:
+        k = kernel.detach().float().cpu().reshape(-1, *kernel.shape[-2:])[0]
+        k = k / k.max().clamp_min(1e-12)
+        return F.interpolate(k[None, None], size=(side, side), mode="nearest")[0]
+
+    tiles = [("learned", picture(learned))]
+    if true is not None:
+        tiles.append(("true", picture(torch.as_tensor(true))))
+    return panel(tiles, max_side=side)

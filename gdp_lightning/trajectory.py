@@ -4,14 +4,15 @@ summaries at every step, and the trajectory grid of the first images."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+import math
+from typing import Dict, List, Tuple
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .panels import restoration_panel
+from .panels import kernel_panel, panel, restoration_panel
 from .ranges import to_image
 from .sampling.restorer import BatchResult
 
@@ -45,7 +46,7 @@ class TrajectoryLogger(Callback):
         self.every_n_steps, self.num_images = every_n_steps, num_images
         self.num_batches, self.scalars = num_batches, scalars
         self.panels, self.panel_size = panels, panel_size
-        self._frames: Dict[str, List[torch.Tensor]] = {}
+        self._frames: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
         self._panels_logged = 0
 
     # ------------------------------------------------------------------ panels
@@ -89,6 +90,12 @@ class TrajectoryLogger(Callback):
                 suffix = f"_s{result.scale:g}" if len(item.results) > 1 else ""
                 picture = restoration_panel(batch["y"][b], result.image, truth, result.std, self.panel_size)
                 experiment.add_image(f"panels/{stage}/{item.name}{suffix}", picture, global_step=0)
+                kernels = [v for k, v in result.phi.items() if k.split(".")[-1] == "kernel" and v.numel() > 1]
+                if kernels:  # a learned kernel, beside the true one where the synthetic observation had one
+                    true_kernels = batch.get("true_kernel")
+                    true = true_kernels[b] if true_kernels is not None else None
+                    experiment.add_image(f"kernels/{stage}/{item.name}{suffix}", kernel_panel(kernels[0], true),
+                                         global_step=0)
             self._panels_logged += 1
 
     @staticmethod
@@ -115,17 +122,20 @@ class TrajectoryLogger(Callback):
             if keep:
                 x0 = to_image(info.pred_xstart[b].detach().float()).clamp(0, 1).cpu()
                 experiment.add_image(f"x0/{tag}", x0, global_step=info.step)
-                self._frames.setdefault(tag, []).append(x0)
+                self._frames.setdefault(tag, []).append((str(info.step), x0))
             if self.scalars:
                 for term, values in info.losses.items():
-                    experiment.add_scalar(f"loss/{tag}/{term}", float(values[b]), global_step=info.step)
+                    value = float(values[b])
+                    experiment.add_scalar(f"loss/{tag}/{term}", value, global_step=info.step)
+                    if value > 0:  # the terms fall by decades: their log10 reads at every step
+                        experiment.add_scalar(f"loss_log10/{tag}/{term}", math.log10(value), global_step=info.step)
                 for key, value in phi.items():
                     v = value[b] if value.shape[0] == len(context.names) else value[0]
-                    experiment.add_scalar(f"phi/{tag}/{key}", _phi_scalar(key, v), global_step=info.step)
-            if info.step == info.total and tag in self._frames:
-                frames = self._frames.pop(tag)
-                grid = torch.cat([torch.nn.functional.pad(f, (0, 2)) for f in frames], dim=-1)
-                experiment.add_image(f"trajectory/{tag}", grid, global_step=0)
+                    name = f"{key}_peak" if key.endswith("kernel") and v.numel() > 1 else key
+                    experiment.add_scalar(f"phi/{tag}/{name}", _phi_scalar(key, v), global_step=info.step)
+            if info.step == info.total and tag in self._frames:  # the frames side by side, each under its step
+                experiment.add_image(f"trajectory/{tag}", panel(self._frames.pop(tag), max_side=4096),
+                                     global_step=0)
         if info.step == info.total:
             experiment.flush()
 

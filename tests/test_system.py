@@ -475,6 +475,14 @@ def test_blind_deblur_scores_its_kernel_against_the_true_one(tiny_prior, crops, 
         assert metrics["kernel_width"] == pytest.approx(kernel_width(learned), rel=1e-4)
         assert metrics["kernel_error"] == pytest.approx(kernel_error(learned, gaussian_kernel(9, 2.0)), rel=1e-4)
     assert {"kernel_error", "kernel_width", "true_kernel_width"} <= set(read_rows(out / "metrics.csv")[0])
+    acc = events(tmp_path / "logs")
+    [picture] = acc.Images("kernels/test/c0")  # learned | true, 96 px each under a label band
+    assert (picture.width, picture.height) == (2 * 96 + 2, 96 + 14)
+    peaks = acc.Scalars("phi/test/c0/kernel_peak")  # a kernel's φ scalar is its peak, named so
+    assert peaks[-1].value == pytest.approx(float(torch.load(out / "c0.phi.pt")["kernel"].max()), rel=1e-4)
+    logs = acc.Scalars("loss_log10/test/c0/data")
+    assert [e.value for e in logs] == [pytest.approx(math.log10(e.value), rel=1e-5)
+                                       for e in acc.Scalars("loss/test/c0/data")]
     out2 = tmp_path / "out2"  # a known kernel: nothing to score
     rc, err = gdp(capfd, tmp_path / "logs", "test", tiny_prior, "deblur", "--data.input_dir", str(clean),
                   "--data.mode", "synthetic", "--writer.output_dir", str(out2))
@@ -550,7 +558,7 @@ def test_evaluation_writes_metrics_and_tensorboard(stage, tiny_prior, crops, tmp
     for name in ("c0", "c1"):
         assert [e.step for e in acc.Images(f"x0/{stage}/{name}")] == [1, 3, 4]
         [grid] = acc.Images(f"trajectory/{stage}/{name}")
-        assert (grid.width, grid.height) == (3 * (32 + 2), 32)
+        assert (grid.width, grid.height) == (3 * 32 + 2 * 2, 32 + 14)  # frames 2 px apart, under their step
         losses = acc.Scalars(f"loss/{stage}/{name}/data")
         assert [e.step for e in losses] == [1, 2, 3, 4]
         assert all(math.isfinite(e.value) and e.value >= 0 for e in losses)
