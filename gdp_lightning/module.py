@@ -307,11 +307,20 @@ class GDPModule(L.LightningModule):
         for name, value in values.items():
             self.log(name, value, rank_zero_only=True)
 
+    def publish(self, values: Dict[str, Any]) -> None:
+        """The means of a restoration stage: in the trainer's results (``self.log``) and to the loggers at step 0,
+        without the ``epoch`` series Lightning would add (a restoration has no epochs)."""
+        for name, value in values.items():
+            self.log(name, value, rank_zero_only=True, logger=False)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({name: float(value) for name, value in values.items()}, step=0)
+
     def on_validation_epoch_end(self) -> None:
-        self.log_values(self.epoch_metrics("validate"))
+        self.publish(self.epoch_metrics("validate"))
 
     def on_test_epoch_end(self) -> None:
-        self.log_values(self.epoch_metrics("test"))
+        self.publish(self.epoch_metrics("test"))
 
     def _start_restoring(self) -> None:
         self._require_weights()
