@@ -153,8 +153,9 @@ def restore(
     :param details: also return the learned φ, loss terms and metrics per image.
     :param module: reuse a module from :func:`build_module` (skips building and loading).
     :return: restored images in [0, 1] (a tensor for a tensor, a list for a list); with ``details``, a list of
-        dicts ``{"image", "phi", "losses", "metrics", "diverged", "retries", "scale_used"}`` (``diverged``: ``None``
-        or ``{"step", "of"}``; a diverged image's ``image`` is ``None`` unless ``on_divergence`` is ``keep``).
+        dicts ``{"image", "std", "phi", "losses", "metrics", "diverged", "retries", "scale_used"}`` (``std``: the
+        samples' per-pixel standard deviation with ``sampler={"num_samples": K}``, else ``None``; ``diverged``:
+        ``None`` or ``{"step", "of"}``; a diverged image's ``image`` is ``None`` unless ``on_divergence`` is ``keep``).
         Without ``details``, an image that diverged raises :class:`~gdp_lightning.sampling.GuidanceDivergedError`.
     """
     if module is None:

@@ -821,7 +821,8 @@ def test_python_api(tiny, crops):
     assert torch.equal(restore(y[:2], module=module, device="cpu"), a)
     assert module._metrics is metrics  # set up once, not per call
     details = restore(y[:1], details=True, **kwargs)
-    assert set(details[0]) == {"image", "phi", "losses", "metrics", "diverged", "retries", "scale_used"}
+    assert set(details[0]) == {"image", "std", "phi", "losses", "metrics", "diverged", "retries", "scale_used"}
+    assert details[0]["std"] is None  # one sample: no spread
     assert "data" in details[0]["losses"] and details[0]["retries"] == 0
 
 
