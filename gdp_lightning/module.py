@@ -158,11 +158,11 @@ class GDPModule(L.LightningModule):
         self.labels.load()
         self._metrics = ImageMetrics(self.metric_names, lpips_net=self.lpips_net,
                                      fid_feature_extractor=self.fid_feature_extractor,
-                                     groups=self._scale_suffixes())
+                                     groups=self.settings.scale_suffixes())
         self.restorer = self.build_restorer()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         self.labels.require([item.name for item in getattr(datamodule, "items", None) or []])
-        keys = [f"{m}{suffix}" for suffix in self._scale_suffixes() for m in [*self.metric_names, "diverged"]
+        keys = [f"{m}{suffix}" for suffix in self.settings.scale_suffixes() for m in [*self.metric_names, "diverged"]
                 if m != "fid"]
         self.eval_means = nn.ModuleDict({k: MeanMetric() for k in keys})
         self.prepared_stage = stage
@@ -186,10 +186,6 @@ class GDPModule(L.LightningModule):
     def sampling_unet(self) -> nn.Module:
         """The UNet that restores (:class:`~gdp_lightning.finetune.FinetuneModule`: its EMA weights)."""
         return self.unet
-
-    def _scale_suffixes(self) -> List[str]:
-        scales = self.settings.scale_list()
-        return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
 
     def make_sampler(self, scale: float):
         """The :class:`~gdp_lightning.sampling.GDPSampler` of this module's settings at ``scale``."""
@@ -271,7 +267,7 @@ class GDPModule(L.LightningModule):
     def _eval_step(self, batch: Dict[str, Any], batch_idx: int, stage: str) -> BatchResult:
         self.require_gradients()
         out = self.restorer.restore_or_fail(batch, stage, batch_idx, self._on_step)
-        for k, suffix in enumerate(self._scale_suffixes()):
+        for k, suffix in enumerate(self.settings.scale_suffixes()):
             for item in out.items:
                 result = item.results[k]
                 values = {**result.metrics, "diverged": float(result.diverged_step is not None)}
@@ -302,10 +298,6 @@ class GDPModule(L.LightningModule):
         if self._metrics is not None:
             self._metrics.reset()
         return values
-
-    def log_values(self, values: Dict[str, Any]) -> None:
-        for name, value in values.items():
-            self.log(name, value, rank_zero_only=True)
 
     def publish(self, values: Dict[str, Any]) -> None:
         """The means of a restoration stage: in the trainer's results (``self.log``) and to the loggers at step 0,
@@ -343,10 +335,14 @@ class GDPModule(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         ema = {k[len("ema_unet."):]: v for k, v in state.items() if k.startswith("ema_unet.")}
         state.update({"unet." + k: v for k, v in ema.items()})
+        self._keep_own_training_state(state)
+        self.weights_loaded = True
+
+    def _keep_own_training_state(self, state: Dict[str, Any]) -> None:
+        """Drop the checkpoint's EMA and timestep-sampler entries this module has no place for."""
         own = set(self.state_dict())
         for key in [k for k in state if k not in own and k.startswith(("ema_unet.", "timestep_sampler."))]:
             del state[key]
-        self.weights_loaded = True
 
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""

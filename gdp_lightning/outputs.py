@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from .data.images import write_image
 from .io import atomic_path
+from .panels import MAP_GAIN, std_map
 from .sampling.restorer import ImageResult, InputFailure, ScaleResult
 
-__all__ = ["Failure", "phi_summary", "run_summary", "metrics_table", "write_spread", "STD_GAIN", "write_record",
+__all__ = ["Failure", "phi_summary", "run_summary", "metrics_table", "write_spread", "write_record",
            "write_failure_record", "write_sweep", "summarize_records", "json_dump", "number"]
 
 
@@ -30,6 +31,9 @@ class Failure(NamedTuple):
     name: str
     why: str
     diverged: bool
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.why})"
 
 
 def number(x: float) -> float:
@@ -203,7 +207,7 @@ def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, 
             k: number(sum(r[k] for r in chosen if k in r) / max(1, sum(k in r for r in chosen)))
             for k in columns[2:] if k not in ("diverged_step", "failed", "error")
         }
-    summary = {"images": len({r["name"] for r in rows}), "failed": [f"{f.name} ({f.why})" for f in failures],
+    summary = {"images": len({r["name"] for r in rows}), "failed": [str(f) for f in failures],
                "mean_by_scale": means, "dataset": {k: number(v) for k, v in dataset.items()}}
     json_dump(directory / "metrics.json", summary)
     return rows, failures, indices, means
@@ -232,17 +236,12 @@ def run_summary(rows: List[Dict[str, Any]], means: Dict[str, Dict[str, float]], 
     return lines
 
 
-#: ``<name>.std.png`` holds the samples' standard deviation (mean over the channels) times this gain, on the [0, 1]
-#: scale: gray level g means a standard deviation of g / 255 / STD_GAIN (white: 0.25 or more)
-STD_GAIN = 4.0
-
-
 def write_spread(directory: Path, stem: str, item: ImageResult, result: ScaleResult) -> Dict[str, Any]:
-    """``<stem>.std.png`` (see :data:`STD_GAIN`) and, when kept, ``<stem>.sample<j>.png``; their record entries."""
-    std = result.std.float().mean(0, keepdim=True)
-    write_image(directory / f"{stem}.std.png", (std * STD_GAIN).clamp(0, 1).expand(3, -1, -1), gray=True)
-    entry: Dict[str, Any] = {"std_output": f"{Path(stem).name}.std.png", "mean_std": number(std.mean()),
-                             "std_scale": f"gray level / 255 / {STD_GAIN:g} = standard deviation on the [0, 1] scale"}
+    """``<stem>.std.png`` (:func:`~gdp_lightning.panels.std_map`: gray level g is a standard deviation of
+    g / 255 / MAP_GAIN) and, when kept, ``<stem>.sample<j>.png``; their record entries."""
+    write_image(directory / f"{stem}.std.png", std_map(result.std).expand(3, -1, -1), gray=True)
+    entry: Dict[str, Any] = {"std_output": f"{Path(stem).name}.std.png", "mean_std": number(result.std.float().mean()),
+                             "std_scale": f"gray level / 255 / {MAP_GAIN:g} = standard deviation on the [0, 1] scale"}
     if result.samples is not None:
         names = []
         for j, sample in enumerate(result.samples):

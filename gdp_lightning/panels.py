@@ -9,11 +9,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["panel", "restoration_panel", "kernel_panel", "LABEL_HEIGHT", "MAP_GAIN"]
+__all__ = ["panel", "restoration_panel", "kernel_panel", "std_map", "LABEL_HEIGHT", "MAP_GAIN"]
 
 LABEL_HEIGHT = 14
-#: error and standard-deviation maps are shown times this gain (white: 0.25 or more on the [0, 1] scale)
+#: error and standard-deviation maps are shown times this gain (white: 0.25 or more on the [0, 1] scale), in
+#: TensorBoard and in ``<name>.std.png``
 MAP_GAIN = 4.0
+
+
+def std_map(std: torch.Tensor) -> torch.Tensor:
+    """The samples' standard deviation ``(C, H, W)`` as one gray map: its mean over the channels times
+    :data:`MAP_GAIN`, clamped to [0, 1]."""
+    return (std.float().mean(0, keepdim=True) * MAP_GAIN).clamp(0, 1)
 
 
 def _rgb(image: torch.Tensor) -> torch.Tensor:
@@ -59,7 +66,7 @@ def restoration_panel(observation: torch.Tensor, output: torch.Tensor, truth: Op
     if truth is not None:
         tiles.append(("ground truth", truth))
     if std is not None:
-        tiles.append((f"std x{MAP_GAIN:g}", (std.float().mean(0, keepdim=True) * MAP_GAIN).clamp(0, 1)))
+        tiles.append((f"std x{MAP_GAIN:g}", std_map(std)))
     elif truth is not None:
         error = (_rgb(output) - _rgb(truth)).abs().mean(0, keepdim=True)
         tiles.append((f"|error| x{MAP_GAIN:g}", (error * MAP_GAIN).clamp(0, 1)))

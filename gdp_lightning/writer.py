@@ -25,7 +25,6 @@ from lightning.pytorch.callbacks import Callback
 from . import __version__
 from .errors import InputError, note
 from .io import atomic_path
-from .resources import format_seconds
 from .metrics import DATASET_METRICS
 from .outputs import (
     Failure,
@@ -37,6 +36,7 @@ from .outputs import (
     write_failure_record,
     write_record,
 )
+from .resources import format_seconds
 from .run_folder import FolderLock, check_output_folder, remove_temporary_files
 from .run_record import model_record, restoration_settings, run_hparams
 from .sampling.restorer import BatchResult, ImageResult, InputFailure
@@ -83,7 +83,7 @@ class RestorationWriter(Callback):
     @property
     def failed(self) -> List[str]:
         """:attr:`failures` as ``"name (why)"``."""
-        return [f"{f.name} ({f.why})" for f in self.failures]
+        return [str(f) for f in self.failures]
 
     def describe_run(self, command: Optional[List[str]], config: Optional[str]) -> None:
         """The command line of the run and its resolved config (YAML), for ``run.json`` and ``run.yaml``."""

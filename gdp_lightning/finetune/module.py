@@ -146,9 +146,7 @@ class FinetuneModule(GDPModule):
         state = checkpoint.get("state_dict", {})
         if self.ema_unet is not None and not any(k.startswith("ema_unet.") for k in state):
             state.update({"ema_unet." + k[len("unet."):]: v for k, v in list(state.items()) if k.startswith("unet.")})
-        own = set(self.state_dict())
-        for key in [k for k in state if k not in own and k.startswith(("ema_unet.", "timestep_sampler."))]:
-            del state[key]
+        self._keep_own_training_state(state)
         self.weights_loaded = True
 
     # ---------------------------------------------------------- validation
@@ -173,7 +171,8 @@ class FinetuneModule(GDPModule):
                 for logger in self.loggers:
                     logger.log_metrics({k: float(v) for k, v in values.items()}, step=self.trainer.global_step)
         else:
-            self.log_values(values)
+            for name, value in values.items():
+                self.log(name, value, rank_zero_only=True)
             # the loggers' step of these metrics: the optimizer steps done, as the images' (else Lightning uses the
             # step of the last training batch, one less)
             self.log("step", float(self.trainer.global_step))

@@ -139,10 +139,6 @@ class Restorer:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def scale_suffixes(self) -> List[str]:
-        scales = self.settings.scale_list()
-        return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
-
     def make_sampler(self, scale: float) -> GDPSampler:
         try:
             return GDPSampler(self.unet, self.diffusion, self.degradation, scale, self.settings.options(),
@@ -217,7 +213,7 @@ class Restorer:
             for item, label in zip(items, labels.tolist()):
                 item.label = label
         blind_spot: Optional[List[bool]] = None
-        for scale, suffix in zip(scales, self.scale_suffixes()):
+        for scale, suffix in zip(scales, self.settings.scale_suffixes()):
             context = StepContext(stage, batch_idx, names, indices, scale, len(scales) > 1, time.monotonic(),
                                   tuple(size))
             result, retries, used, spread = self._restore_samples(y, seeds, labels, scale, context, on_step)

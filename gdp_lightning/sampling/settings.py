@@ -138,3 +138,8 @@ class SamplerSettings(SamplerOptions):
 
     def scale_list(self) -> List[float]:
         return [float(s) for s in self.scales] if self.scales else [float(self.scale)]
+
+    def scale_suffixes(self) -> List[str]:
+        """The suffix of each scale's metric names and files: ``/s<scale>`` in a sweep, else none."""
+        scales = self.scale_list()
+        return [f"/s{s:g}" for s in scales] if len(scales) > 1 else [""]
