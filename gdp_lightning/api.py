@@ -20,6 +20,7 @@ import yaml
 
 from .degradations import Degradation
 from .errors import ConfigError
+from .precision import resolve_precision
 from .prior import PRESET_CONFIGS, PRESETS, PriorSpec
 from .sampling import GuidanceDivergedError
 from .sampling.consistency import supports_consistency
@@ -171,9 +172,10 @@ def restore(
                               "data-consistency rule does not cover (non-linear, blind, or guidance 'gradient')")
         module = build_module(task, prior, checkpoint, seed=seed, sampler=sampler, **model_options)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if getattr(module, "prepared_stage", None) != "predict":  # a reused module is set up once
+    module.to(device)  # first: setup resolves precision "auto" on the module's device
+    if (getattr(module, "prepared_stage", None) != "predict"  # a reused module is set up once per device
+            or module.precision_used != resolve_precision(module.precision_name, module.device)):
         module.setup("predict")
-    module.to(device)
     module._start_restoring()
     single = isinstance(images, torch.Tensor)
     batches = [_as_batch_tensor(images)] if single else [_as_batch_tensor(im) for im in images]

@@ -26,6 +26,7 @@ from .degradations import Degradation
 from .diffusion import GaussianDiffusion
 from .errors import ConfigError, note
 from .metrics import ImageMetrics
+from .precision import PRECISION_OPTIONS, PRECISIONS, resolve_precision
 from .prior import PriorSpec, load_prior_weights
 from .resources import available_bytes, format_seconds
 from .sampling import (
@@ -41,7 +42,6 @@ from .sampling import (
 
 __all__ = ["GDPModule", "SamplerSettings", "StepContext", "PRECISIONS"]
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class GDPModule(L.LightningModule):
@@ -58,8 +58,9 @@ class GDPModule(L.LightningModule):
     :param class_label: class-conditional priors: one class for every image.
     :param labels_file: class-conditional priors: a text file of ``name label`` lines (or ``name,label``).
     :param random_labels: class-conditional priors: a random class per image, seeded by (seed, i).
-    :param precision: UNet compute precision: ``fp32``, ``fp16`` or ``bf16`` (default: the prior's
-        ``use_fp16`` flag).
+    :param precision: UNet compute precision: ``auto`` (the fastest that keeps quality on the device: ``bf16``
+        on GPUs and CPUs that compute bfloat16, ``fp16`` on older GPUs, else ``fp32``; see
+        :mod:`gdp_lightning.precision`), ``fp32``, ``bf16`` or ``fp16``.
     :param compile: ``torch.compile`` the UNet (faster on a GPU after the first batch).
     :param small_images: images smaller than the prior: ``pad`` (pad the observation, restore, crop back) or
         ``error``.
@@ -81,7 +82,7 @@ class GDPModule(L.LightningModule):
         class_label: Optional[int] = None,
         labels_file: Optional[str] = None,
         random_labels: bool = False,
-        precision: Optional[str] = None,
+        precision: str = "auto",
         compile: bool = False,
         small_images: str = "pad",
         metrics: List[str] = ["psnr", "ssim", "consistency"],  # noqa: B006 - jsonargparse shows the default
@@ -95,8 +96,9 @@ class GDPModule(L.LightningModule):
             prior = PriorSpec.from_dict(prior)
         if isinstance(sampler, dict):
             sampler = SamplerSettings(**sampler)
-        if precision is not None and precision not in PRECISIONS:
-            raise ConfigError(f"--model.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        precision = "auto" if precision is None else precision  # checkpoints of earlier versions
+        if precision not in PRECISION_OPTIONS:
+            raise ConfigError(f"--model.precision must be one of {', '.join(PRECISION_OPTIONS)}, got {precision!r}")
         if small_images not in ("pad", "error"):
             raise ConfigError(f"--model.small_images must be 'pad' or 'error', got {small_images!r}")
         # kept in checkpoints; TensorBoard's HParams get the run's settings and metrics from the writer instead
@@ -117,6 +119,8 @@ class GDPModule(L.LightningModule):
         self.seed = int(seed)
         self.labels = ClassLabels(self.unet.num_classes, class_label, labels_file, random_labels)
         self.precision_name, self.compile_unet = precision, compile
+        #: the precision the UNet restores in (``precision`` with ``auto`` resolved by :meth:`setup`)
+        self.precision_used: Optional[str] = None
         self.small_images = small_images
         self.metric_names = list(metrics)
         self.lpips_net, self.fid_feature_extractor = lpips_net, fid_feature_extractor
@@ -175,12 +179,18 @@ class GDPModule(L.LightningModule):
 
     def _prepare_unet(self, stage: str) -> None:
         """The prior restores: its compute precision, no gradients, compiled in place when asked."""
-        if self.precision_name is not None:
-            self.unet.set_compute_dtype(PRECISIONS[self.precision_name])
+        self.precision_used = resolve_precision(self.precision_name, self._target_device())
+        self.unet.set_compute_dtype(PRECISIONS[self.precision_used])
         self.unet.requires_grad_(False)
         self.unet.eval()
         if self.compile_unet:
             self.unet.compile()  # in place: the state dict keeps its keys
+
+    def _target_device(self) -> torch.device:
+        """Where this module will run: the trainer's device (the module moves there after :meth:`setup`), else
+        where it is."""
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else self.device
 
     @property
     def sampling_unet(self) -> nn.Module:
@@ -352,7 +362,7 @@ class GDPModule(L.LightningModule):
             "quality": [f"{q.name}: weight {q.weight}{' x scale' if q.relative else ''}" for q in self.quality],
             "sampler": dataclasses.asdict(self.settings),
             "seed": self.seed,
-            # the UNet's compute precision: the option's, else the prior's own (use_fp16)
-            "precision": self.precision_name or ("fp16" if self.prior.unet.use_fp16 else "fp32"),
+            # the UNet's compute precision (``auto`` resolved on this device)
+            "precision": self.precision_used or resolve_precision(self.precision_name, self._target_device()),
             "checkpoint": str(Path(self.prior.checkpoint).resolve()) if self.prior.checkpoint else None,
         }

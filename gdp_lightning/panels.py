@@ -3,15 +3,18 @@ truth | error or uncertainty, each tile with its label above it."""
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["panel", "restoration_panel", "kernel_panel", "std_map", "LABEL_HEIGHT", "MAP_GAIN"]
+__all__ = ["panel", "restoration_panel", "kernel_panel", "stack", "std_map", "LABEL_HEIGHT", "MAP_GAIN", "MIN_SIDE"]
 
 LABEL_HEIGHT = 14
+#: panels show images smaller than this many pixels a side enlarged (nearest) by a whole factor
+MIN_SIDE = 128
 #: error and standard-deviation maps are shown times this gain (white: 0.25 or more on the [0, 1] scale), in
 #: TensorBoard and in ``<name>.std.png``
 MAP_GAIN = 4.0
@@ -35,13 +38,15 @@ def _resize(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=size, mode="nearest" if larger else "area")[0]
 
 
-def panel(tiles: Sequence[Tuple[str, torch.Tensor]], max_side: int = 512) -> torch.Tensor:
+def panel(tiles: Sequence[Tuple[str, torch.Tensor]], max_side: int = 512, min_side: int = MIN_SIDE) -> torch.Tensor:
     """Tiles ``(label, (C, H, W) in [0, 1])`` side by side at the first tile's size (at most ``max_side`` pixels a
-    side), 2 pixels apart, each under a band with its label; ``(3, H + LABEL_HEIGHT, W)`` in [0, 1]."""
+    side; a smaller image enlarged by a whole factor to at least ``min_side``, pixels as blocks), 2 pixels apart,
+    each under a band with its label; ``(3, H + LABEL_HEIGHT, W)`` in [0, 1]."""
     from PIL import Image, ImageDraw
 
     height, width = tiles[0][1].shape[-2:]
-    factor = min(1.0, max_side / max(height, width))
+    longest = max(height, width)
+    factor = min(1.0, max_side / longest) if longest >= min_side else float(math.ceil(min_side / longest))
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
     gap = 2
     total = len(tiles) * size[1] + gap * (len(tiles) - 1)
@@ -84,4 +89,16 @@ def kernel_panel(learned: torch.Tensor, true: Optional[torch.Tensor] = None, sid
     tiles = [("learned", picture(learned))]
     if true is not None:
         tiles.append(("true", picture(torch.as_tensor(true))))
-    return panel(tiles, max_side=side)
+    return panel(tiles, max_side=side, min_side=side)
+
+
+def stack(panels: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
+    """Panels one above the other, ``gap`` pixels apart (left-aligned; black where one is narrower)."""
+    width = max(p.shape[-1] for p in panels)
+    height = sum(p.shape[-2] for p in panels) + gap * (len(panels) - 1)
+    canvas = torch.zeros(3, height, width)
+    top = 0
+    for p in panels:
+        canvas[:, top:top + p.shape[-2], :p.shape[-1]] = p
+        top += p.shape[-2] + gap
+    return canvas

@@ -3,6 +3,7 @@ weights it used (``run.json`` beside the outputs, see :class:`gdp_lightning.writ
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Any, Dict, Optional
 
 import lightning as L
 
-__all__ = ["sha256", "checkpoint_sha256", "NEUTRAL_SETTINGS", "restoration_settings", "model_record", "run_hparams"]
+from .sampling.settings import SamplerSettings
+
+__all__ = ["sha256", "checkpoint_sha256", "NEUTRAL_SETTINGS", "HPARAM_SAMPLER_KEYS", "restoration_settings",
+           "model_record", "run_hparams"]
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -73,15 +77,22 @@ def model_record(trainer: "L.Trainer", pl_module: "L.LightningModule") -> Dict[s
     return model
 
 
+#: the sampler settings TensorBoard's HParams always show (the others where they differ from their defaults)
+HPARAM_SAMPLER_KEYS = ("steps", "guidance", "scale", "scales", "num_samples")
+
+
 def run_hparams(model: Dict[str, Any], data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The settings that tell runs apart, flat and plain (TensorBoard's HParams): the task (operator, quality
-    terms), the sampler, the prior (name, checkpoint hash, precision, seed) and the data settings; not the prior's
-    architecture flags (the name and the hash say which prior it is)."""
+    terms), the sampler (:data:`HPARAM_SAMPLER_KEYS` and every option that differs from its default), the prior
+    (name, checkpoint hash, precision, seed) and the data settings; not the prior's architecture flags (the name
+    and the hash say which prior it is)."""
     params: Dict[str, Any] = {"task/degradation": model.get("degradation"),
                               "task/quality": "; ".join(model.get("quality") or []) or "none",
                               "prior/name": (model.get("prior") or {}).get("name"),
                               "prior/checkpoint_sha256": str(model.get("checkpoint_sha256"))[:16],
                               "precision": model.get("precision"), "seed": model.get("seed")}
-    params.update({f"sampler/{k}": v for k, v in (model.get("sampler") or {}).items()})
+    defaults = dataclasses.asdict(SamplerSettings())
+    params.update({f"sampler/{k}": v for k, v in (model.get("sampler") or {}).items()
+                   if k in HPARAM_SAMPLER_KEYS or defaults.get(k, ...) != v})
     params.update({f"data/{k}": v for k, v in (data or {}).items()})
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}

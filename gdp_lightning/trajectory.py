@@ -33,9 +33,10 @@ class TrajectoryLogger(Callback):
     :param num_images: images per batch to follow.
     :param num_batches: batches to follow.
     :param scalars: log the loss terms and φ at every step.
-    :param panels: images (of the first process) whose panel ``panels/<stage>/<name>`` is logged: input (enlarged
-        to the output's size) | output | ground truth where known | the samples' standard deviation with
-        ``num_samples``, else the absolute error where the truth is known (maps ×4, see :mod:`.panels`).
+    :param panels: images whose panel ``panels/<stage>/<name>`` is logged (the first ones of each process, about
+        this many in all): input (enlarged to the output's size) | output | ground truth where known | the
+        samples' standard deviation with ``num_samples``, else the absolute error where the truth is known (maps
+        ×4, see :mod:`.panels`).
     :param panel_size: the largest side of a panel's tiles (larger outputs are shrunk for TensorBoard).
     """
 
@@ -48,8 +49,28 @@ class TrajectoryLogger(Callback):
         self.panels, self.panel_size = panels, panel_size
         self._frames: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
         self._panels_logged = 0
+        self._panel_writer = None  # the event file of a process other than the first (see setup)
 
     # ------------------------------------------------------------------ panels
+    def setup(self, trainer: "L.Trainer", pl_module, stage: str) -> None:
+        """Under many processes each one logs the panels of the images it restores: the first into the
+        logger's event file, the others into their own event files in the same folder (TensorBoard reads them as
+        one run). The first process tells the others the folder here (every process calls setup)."""
+        self._panel_writer = None
+        logger = self._tensorboard(trainer)
+        if trainer.world_size <= 1 or stage == "fit" or logger is None:
+            return
+        log_dir = trainer.strategy.broadcast(logger.log_dir if trainer.is_global_zero else None)
+        if not trainer.is_global_zero and log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._panel_writer = SummaryWriter(log_dir, filename_suffix=f".rank{trainer.global_rank}")
+
+    def teardown(self, trainer: "L.Trainer", pl_module, stage: str) -> None:
+        if self._panel_writer is not None:
+            self._panel_writer.close()
+            self._panel_writer = None
+
     def _start(self) -> None:
         self._panels_logged = 0
 
@@ -73,14 +94,17 @@ class TrajectoryLogger(Callback):
 
     def _log_panels(self, trainer: "L.Trainer", outputs, batch) -> None:
         """The panels of a restored batch (runs before the writer, which then lets go of the images)."""
-        if self._panels_logged >= self.panels or not isinstance(outputs, BatchResult) or not trainer.is_global_zero:
+        share = math.ceil(self.panels / max(1, trainer.world_size))  # about ``panels`` over all processes
+        if self._panels_logged >= share or not isinstance(outputs, BatchResult):
             return
-        experiment = self._experiment(trainer) if trainer.state.fn != "fit" else None
+        experiment = None
+        if trainer.state.fn != "fit":
+            experiment = self._experiment(trainer) if trainer.is_global_zero else self._panel_writer
         if experiment is None:
             return
         stage, names = trainer.state.fn.value, list(batch["name"])
         for item in outputs.items:
-            if self._panels_logged >= self.panels:
+            if self._panels_logged >= share:
                 break
             b = names.index(item.name)
             truth = batch["x"][b] if "x" in batch else None
@@ -99,11 +123,12 @@ class TrajectoryLogger(Callback):
             self._panels_logged += 1
 
     @staticmethod
-    def _experiment(trainer: "L.Trainer"):
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
+    def _tensorboard(trainer: "L.Trainer"):
+        return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+    def _experiment(self, trainer: "L.Trainer"):
+        logger = self._tensorboard(trainer)
+        return logger.experiment if logger is not None else None
 
     def on_diffusion_step(self, trainer, pl_module, info, context) -> None:
         if context.batch_idx >= self.num_batches or not trainer.is_global_zero or self.num_images <= 0:

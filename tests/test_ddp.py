@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdp_lightning.cli import main
 from gdp_lightning.data import write_image
@@ -61,9 +62,9 @@ def _args(root: Path, out: Path, batch_size: int):
     ]
 
 
-def _run_two_processes(root: Path, out: Path, batch_size: int) -> None:
+def _run_two_processes(root: Path, out: Path, batch_size: int, *extra: str) -> None:
     cmd = [sys.executable, "-m", "gdp_lightning", *_args(root, out, batch_size),
-           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", *extra]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,7 +83,7 @@ def _outputs(out: Path):
 def test_two_processes_restore_each_image_once_and_identically(setup_dir):
     root = setup_dir
     _run_one_process(root, root / "one_b1", 1)
-    _run_two_processes(root, root / "two_b1", 1)
+    _run_two_processes(root, root / "two_b1", 1, "--trainer.logger.init_args.save_dir", str(root / "logs_two"))
     one, one_records = _outputs(root / "one_b1")
     two, two_records = _outputs(root / "two_b1")
     assert sorted(one) == sorted(two) == [f"img{i}" for i in range(NUM_IMAGES)]
@@ -97,6 +98,16 @@ def test_two_processes_restore_each_image_once_and_identically(setup_dir):
     rows = (root / "two_b1" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + NUM_IMAGES
     check_hashes("ddp/predict", root / "two_b1", root)  # and as the recorded run made them
+    # TensorBoard: every image's panel, each process's in its own event file of the one run folder
+    [run] = [p for p in (root / "logs_two").rglob("version_*") if p.is_dir()]
+    panels = {}
+    for events_file in sorted(run.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events_file), size_guidance={"images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["images"]:
+            if tag.startswith("panels/predict/"):
+                panels[tag.split("/")[-1]] = events_file.name.endswith(".rank1")
+    assert panels == {f"img{i}": i % 2 == 1 for i in range(NUM_IMAGES)}
 
 
 def test_two_processes_resume_with_fewer_inputs_left_than_processes(setup_dir):

@@ -6,15 +6,19 @@ The runs use a tiny random prior (32x32) and 3 to 20 training steps in-process.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdp_lightning.benchmark import skimage_crops
@@ -25,6 +29,7 @@ from gdp_lightning.data.images import DataError
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.errors import ConfigError
 from gdp_lightning.finetune import FinetuneData, FinetuneModule
+from gdp_lightning.panels import LABEL_HEIGHT, MIN_SIDE
 from gdp_lightning.prior import PriorSpec, create_model, read_checkpoint
 from gdp_lightning.prior import unet as unet_module
 from gdp_lightning.finetune.training import (
@@ -218,14 +223,18 @@ def test_fit_validation_logs_a_baseline_samples_restorations_and_psnr(tiny, phot
         assert [e.step for e in resumed.Images(tag)] == [8], tag
     assert min(e.step for e in first.Scalars("train/loss")) == 0 and len(first.Scalars("train/loss")) == 4
     restoration = first.Images("fit/restoration")[0]
-    # a grid of 3 rows (ground truth, observation, restored) of the 2 held-out images at the prior's 32x32
-    assert restoration.height == 3 * 33 + 1 and restoration.width == 2 * 33 + 1
+    # one labelled panel per held-out image (input | output | ground truth | |error|), the prior's 32x32 shown 4x
+    tile = 32 * math.ceil(MIN_SIDE / 32)
+    assert restoration.height == 2 * (tile + LABEL_HEIGHT) + 2 and restoration.width == 4 * tile + 3 * 2
     assert {"train/loss", "train/mse", "train/vb", "train/lr"} <= set(first.Tags()["scalars"])
     assert "step" not in first.Tags()["scalars"]  # the step of the validation metrics, not a metric
     denoising = [e.value for acc in (first, resumed) for e in acc.Scalars("validate/denoising_loss")]
     assert len(denoising) == 3 and all(0 < v < 10 for v in denoising) and len(set(denoising)) == 3
     psnr = [e.value for acc in (first, resumed) for e in acc.Scalars("validate/psnr")]
     assert len(psnr) == 3 and all(5 < v < 60 for v in psnr)
+    # the panels' label bands are drawn (yellow text on black) above each row
+    picture = torch.from_numpy(np.asarray(Image.open(io.BytesIO(restoration.encoded_image_string))).copy())
+    assert picture[:LABEL_HEIGHT, :, 0].float().max() > 200 and picture[:LABEL_HEIGHT, :, 2].float().max() < 60
     lr = [e.value for e in first.Scalars("train/lr")]
     assert lr[0] == pytest.approx(1e-4 / 50) and lr == sorted(lr)  # the warm-up of configs/finetune.yaml
 

@@ -27,8 +27,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gdp_lightning.benchmark import psnr, quantize, skimage_crops
 from gdp_lightning.cli import main
 from gdp_lightning.data import read_image, write_image
-from gdp_lightning.degradations import gaussian_kernel, kernel_error, kernel_from_spec, kernel_width, random_mask
+from gdp_lightning.degradations import (
+    Identity,
+    gaussian_kernel,
+    kernel_error,
+    kernel_from_spec,
+    kernel_width,
+    random_mask,
+)
+from gdp_lightning.errors import ConfigError
 from gdp_lightning.module import GDPModule
+from gdp_lightning.panels import LABEL_HEIGHT, MIN_SIDE
+from gdp_lightning.prior import PriorSpec
+from gdp_lightning.run_record import HPARAM_SAMPLER_KEYS
 from gdp_lightning.sampling import GuidanceDivergedError
 
 from .conftest import REPO
@@ -295,6 +306,28 @@ def test_predict_precision_option(tiny_prior, photos16, tmp_path, capfd):
     assert float(diff.mean()) * 255 < 0.5  # and restored the same images (measured: 0.011 levels)
 
 
+def test_precision_auto_is_the_default_and_follows_the_device(tiny_prior, photos16, tmp_path, capfd, monkeypatch):
+    from gdp_lightning import precision
+
+    out = tmp_path / "auto"
+    rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
+                  "--writer.output_dir", str(out))
+    assert rc == 0, err
+    expected = "bf16" if precision.cpu_has_bf16() else "fp32"
+    assert json.loads((out / "run.json").read_text())["model"]["precision"] == expected
+    # the rule: bfloat16 where the hardware computes it, else fp32 on a CPU and fp16 on an older GPU
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.auto_precision(torch.device("cpu"))[0] == "fp32"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.auto_precision(torch.device("cpu"))[0] == "bf16"
+    for supported, name in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert precision.auto_precision(torch.device("cuda", 0))[0] == name
+    assert precision.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ConfigError, match="--model.precision must be one of auto, fp32, fp16, bf16"):
+        GDPModule(PriorSpec.from_dict({"name": "t", "unet": TINY}), Identity(), precision="half")
+
+
 def test_small_images_error_and_per_image_kernel_file(tiny_prior, crops, tmp_path, capfd):
     photos = write_images(tmp_path / "in", [crops[0, :, :24, :24]], ["p"])
     kernel = torch.zeros(5, 5)
@@ -477,7 +510,7 @@ def test_blind_deblur_scores_its_kernel_against_the_true_one(tiny_prior, crops, 
     assert {"kernel_error", "kernel_width", "true_kernel_width"} <= set(read_rows(out / "metrics.csv")[0])
     acc = events(tmp_path / "logs")
     [picture] = acc.Images("kernels/test/c0")  # learned | true, 96 px each under a label band
-    assert (picture.width, picture.height) == (2 * 96 + 2, 96 + 14)
+    assert (picture.width, picture.height) == (2 * 96 + 2, 96 + LABEL_HEIGHT)
     peaks = acc.Scalars("phi/test/c0/kernel_peak")  # a kernel's φ scalar is its peak, named so
     assert peaks[-1].value == pytest.approx(float(torch.load(out / "c0.phi.pt")["kernel"].max()), rel=1e-4)
     logs = acc.Scalars("loss_log10/test/c0/data")
@@ -558,7 +591,8 @@ def test_evaluation_writes_metrics_and_tensorboard(stage, tiny_prior, crops, tmp
     for name in ("c0", "c1"):
         assert [e.step for e in acc.Images(f"x0/{stage}/{name}")] == [1, 3, 4]
         [grid] = acc.Images(f"trajectory/{stage}/{name}")
-        assert (grid.width, grid.height) == (3 * 32 + 2 * 2, 32 + 14)  # frames 2 px apart, under their step
+        # frames 2 px apart, under their step; 32 px frames shown 4x (panels enlarge small images to MIN_SIDE)
+        assert (grid.width, grid.height) == (3 * MIN_SIDE + 2 * 2, MIN_SIDE + LABEL_HEIGHT)
         losses = acc.Scalars(f"loss/{stage}/{name}/data")
         assert [e.step for e in losses] == [1, 2, 3, 4]
         assert all(math.isfinite(e.value) and e.value >= 0 for e in losses)
@@ -916,7 +950,7 @@ def test_tensorboard_hparams_hold_the_task_sampler_prior_and_data_with_the_real_
     clean = write_images(tmp_path / "clean", crops[:2, :, :32, :32], ["c0", "c1"])
     logs = tmp_path / "logs"
     rc, err = gdp(capfd, logs, "test", tiny_prior, "sr4", "--data.input_dir", str(clean), "--data.mode", "synthetic",
-                  "--writer.output_dir", str(tmp_path / "out"))
+                  "--writer.output_dir", str(tmp_path / "out"), "--model.sampler.tile_batch", "8")
     assert rc == 0, err
     acc = events(logs)
     hparams, metric_tags = {}, []
@@ -931,6 +965,10 @@ def test_tensorboard_hparams_hold_the_task_sampler_prior_and_data_with_the_real_
     assert hparams["sampler/steps"].string_value == "3" and hparams["data/mode"].string_value == "synthetic"
     assert hparams["prior/name"].string_value == "tiny_plain" and len(hparams["prior/checkpoint_sha256"].string_value)
     assert not any(k.startswith(("_instantiator", "prior.unet", "class_label")) for k in hparams)
+    # the sampler: the key settings always, the others only where they differ from their defaults
+    assert {f"sampler/{k}" for k in HPARAM_SAMPLER_KEYS} <= set(hparams)
+    assert hparams["sampler/tile_batch"].number_value == 8 and "sampler/eta" not in hparams
+    assert hparams["precision"].string_value in ("fp32", "bf16") and len(hparams) < 25
     assert {"hparams/psnr", "hparams/ssim", "hparams/consistency"} <= set(metric_tags)
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())["mean_by_scale"]["1000"]
     assert [e.value for e in acc.Scalars("hparams/psnr")] == [pytest.approx(summary["psnr"], rel=1e-5)]
@@ -950,18 +988,23 @@ def test_tensorboard_panels_and_the_metrics_table_judge_each_image(tiny_prior, c
     panels = sorted(t for t in acc.Tags()["images"] if t.startswith("panels/"))
     assert panels == ["panels/test/c0", "panels/test/c1"]  # --trajectory.panels 2
     [event] = acc.Images("panels/test/c0")
-    # input | output | ground truth | |error|, 32 px each, 2 px apart, under a 14 px label band
-    assert (event.width, event.height) == (4 * 32 + 3 * 2, 32 + 14)
+    # input | output | ground truth | |error|, 2 px apart, under a label band; the 32 px outputs shown 4x
+    assert (event.width, event.height) == (4 * MIN_SIDE + 3 * 2, MIN_SIDE + LABEL_HEIGHT)
     from PIL import Image
     import io
 
     picture = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).astype(float) / 255
+
+    def tile(k):  # tile k at the image's own size (every 4th pixel of its 4x4 blocks)
+        left = k * (MIN_SIDE + 2)
+        return picture[LABEL_HEIGHT::4, left:left + MIN_SIDE:4]
+
     truth = crops[0, :, :32, :32].permute(1, 2, 0).numpy()
-    assert np.abs(picture[14:, 68:100] - truth).max() <= 1.01 / 255  # the third tile is the ground truth
+    assert np.abs(tile(2) - truth).max() <= 1.01 / 255  # the third tile is the ground truth
     output = read_image(tmp_path / "out" / "c0.png").pixels.permute(1, 2, 0).numpy()
-    assert np.abs(picture[14:, 34:66] - output).max() <= 1.01 / 255
+    assert np.abs(tile(1) - output).max() <= 1.01 / 255
     error = np.clip(np.abs(output - truth).mean(-1) * 4, 0, 1)
-    assert np.abs(picture[14:, 102:134, 0] - error).max() <= 2.01 / 255
+    assert np.abs(tile(3)[..., 0] - error).max() <= 2.01 / 255
     [table] = acc.Tensors("test/metrics/text_summary")
     text = table.tensor_proto.string_val[0].decode()
     assert text.splitlines()[0].startswith("| image | scale | consistency |") and "| c2 | 1000 |" in text

@@ -10,8 +10,9 @@ What is hashed: every image's decoded pixels (mode, size, bytes), the text of ev
 run's temporary folder replaced by ``<root>``, and every tensor of ``.pt`` files; not ``run.json``/``run.yaml``
 (times, versions, the command line).
 
-Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``) with
-one intra-op thread; elsewhere the test is skipped with the reason. After a change that is meant to change outputs,
+Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``, and
+whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread; elsewhere
+the test is skipped with the reason. After a change that is meant to change outputs,
 remake the file: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
 """
 
@@ -33,6 +34,7 @@ from PIL import Image
 from gdp_lightning.benchmark import quantize, skimage_crops
 from gdp_lightning.cli import main
 from gdp_lightning.data import write_image
+from gdp_lightning.precision import auto_precision
 
 from .conftest import REPO
 from .helpers import KEEP, TINY, _tiny
@@ -48,8 +50,9 @@ NOT_HASHED = {"run.json", "run.yaml"}
 
 
 def platform() -> Dict[str, str]:
-    """What bit-identity depends on."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What bit-identity depends on (and the precision ``--model.precision auto`` picks on this CPU)."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "auto_precision": auto_precision(torch.device("cpu"))[0]}
 
 
 def file_hash(path: Path, root: Path) -> str:

@@ -16,13 +16,13 @@ import math
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from ..diffusion import GaussianDiffusion, randn
 from ..errors import GDPError
 from ..module import GDPModule
+from ..panels import restoration_panel, stack
 from ..ranges import to_model
 from ..sample_prior import draw_samples
 from ..sampling import BatchResult
@@ -40,6 +40,9 @@ from .training import (
 )
 
 __all__ = ["FinetuneModule"]
+
+#: fit's validation shows this many images of its first batch (input | output | ground truth | error)
+PREVIEW_IMAGES = 4
 
 
 class FinetuneModule(GDPModule):
@@ -75,6 +78,7 @@ class FinetuneModule(GDPModule):
         # the weights train in float32 (AdamW on float16 weights loses its small updates); --trainer.precision
         # bf16-mixed runs the UNet in bfloat16 under autocast. The diffusion's tables stay float64.
         self.unet.set_compute_dtype(torch.float32)
+        self.precision_used = "fp32"
         self.unet.set_gradient_checkpointing(settings.gradient_checkpointing)
         self.unet.requires_grad_(True)
         self.degradation.requires_grad_(False)
@@ -215,10 +219,8 @@ class FinetuneModule(GDPModule):
         step = self.trainer.global_step
         if self._val_preview is not None:
             p = self._val_preview
-            size = p["restored"].shape[-2:]
-            y = F.interpolate(p["y"], size=size, mode="nearest") if p["y"].shape[-2:] != size else p["y"]
-            rows = torch.cat([p["x"], y, p["restored"]]).clamp(0, 1)
-            experiment.add_image("fit/restoration", make_grid(rows, nrow=len(p["x"]), padding=1), step)
+            rows = [restoration_panel(y, restored, x) for x, y, restored in zip(p["x"], p["y"], p["restored"])]
+            experiment.add_image("fit/restoration", stack(rows[:PREVIEW_IMAGES]), step)
         if self.training_settings.val_samples > 0:
             samples = self.draw_samples(self.training_settings.val_samples, self.training_settings.val_sample_steps)
             nrow = max(1, int(math.ceil(math.sqrt(len(samples)))))
