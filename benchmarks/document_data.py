@@ -1,0 +1,161 @@
+"""Write the document domain: typeset pages of public-domain texts, as a flatbed scanner at about 100 dpi sees
+them, for fine-tuning (``data/documents/train``) and held-out 64×64 evaluation crops (``data/documents/heldout``);
+and the demo's samples (``data/demo``: the first held-out crop of each held-out passage).
+
+    .venv/bin/python benchmarks/document_data.py      # needs matplotlib (its bundled DejaVu and STIX fonts)
+
+A page is one passage of ``TEXTS`` set in one of the fonts at a drawn size, dark ink on paper of a drawn tone with
+a gentle shading, rendered at 4× and reduced with an antialiased (box) filter, then turned by a small drawn angle,
+as a page lies on a scanner. The training pages and the held-out pages are set from different passages (the
+training ones from ``TRAIN_TEXTS``, the held-out ones from ``HELDOUT_TEXTS``): no line of text, and so no crop,
+is in both (``tests/test_finetune.py`` checks the split). Each held-out page gives 4 crops at drawn positions; a crop
+that is almost blank (standard deviation below 0.08) is drawn again. Everything is seeded: a rerun writes the same
+files.
+"""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+from typing import List
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "data" / "documents"
+DEMO = ROOT / "data" / "demo"
+PAGE, ZOOM, CROP, CROPS_PER_PAGE = 256, 4, 64, 4
+FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf", "DejaVuSans-Bold.ttf",
+         "STIXGeneralItalic.ttf")
+
+# Public-domain texts (United States federal documents and speeches, and works published before 1900).
+TEXTS = {
+    "preamble": "We the People of the United States, in Order to form a more perfect Union, establish Justice, "
+                "insure domestic Tranquility, provide for the common defence, promote the general Welfare, and "
+                "secure the Blessings of Liberty to ourselves and our Posterity, do ordain and establish this "
+                "Constitution for the United States of America.",
+    "article1": "All legislative Powers herein granted shall be vested in a Congress of the United States, which "
+                "shall consist of a Senate and House of Representatives. The House of Representatives shall be "
+                "composed of Members chosen every second Year by the People of the several States, and the "
+                "Electors in each State shall have the Qualifications requisite for Electors of the most "
+                "numerous Branch of the State Legislature.",
+    "declaration": "When in the Course of human events, it becomes necessary for one people to dissolve the "
+                   "political bands which have connected them with another, and to assume among the powers of the "
+                   "earth, the separate and equal station to which the Laws of Nature and of Nature's God entitle "
+                   "them, a decent respect to the opinions of mankind requires that they should declare the causes "
+                   "which impel them to the separation.",
+    "gettysburg": "Four score and seven years ago our fathers brought forth on this continent, a new nation, "
+                  "conceived in Liberty, and dedicated to the proposition that all men are created equal. Now we "
+                  "are engaged in a great civil war, testing whether that nation, or any nation so conceived and "
+                  "so dedicated, can long endure. We are met on a great battle-field of that war.",
+    "first_amendment": "Congress shall make no law respecting an establishment of religion, or prohibiting the "
+                       "free exercise thereof; or abridging the freedom of speech, or of the press; or the right "
+                       "of the people peaceably to assemble, and to petition the Government for a redress of "
+                       "grievances. A well regulated Militia, being necessary to the security of a free State.",
+    "pride": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
+             "in want of a wife. However little known the feelings or views of such a man may be on his first "
+             "entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families, "
+             "that he is considered the rightful property of some one or other of their daughters.",
+    "moby": "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
+            "and nothing particular to interest me on shore, I thought I would sail about a little and see the "
+            "watery part of the world. It is a way I have of driving off the spleen, and regulating the "
+            "circulation. Whenever I find myself growing grim about the mouth.",
+    "tale": "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+            "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of "
+            "Light, it was the season of Darkness, it was the spring of hope, it was the winter of despair, we "
+            "had everything before us, we had nothing before us.",
+    "second_inaugural": "With malice toward none, with charity for all, with firmness in the right as God gives "
+                        "us to see the right, let us strive on to finish the work we are in, to bind up the "
+                        "nation's wounds, to care for him who shall have borne the battle and for his widow and "
+                        "his orphan, to do all which may achieve and cherish a just and lasting peace.",
+    "walden": "I went to the woods because I wished to live deliberately, to front only the essential facts of "
+              "life, and see if I could not learn what it had to teach, and not, when I came to die, discover "
+              "that I had not lived. I did not wish to live what was not life, living is so dear; nor did I wish "
+              "to practise resignation, unless it was quite necessary.",
+    "alice": "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
+             "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures "
+             "or conversations in it, and what is the use of a book, thought Alice, without pictures or "
+             "conversations? So she was considering in her own mind.",
+    "origin": "When on board H.M.S. Beagle, as naturalist, I was much struck with certain facts in the "
+              "distribution of the organic beings inhabiting South America, and in the geological relations of "
+              "the present to the past inhabitants of that continent. These facts seemed to throw some light on "
+              "the origin of species, that mystery of mysteries.",
+}
+HELDOUT_TEXTS = ("second_inaugural", "walden", "alice", "origin")
+TRAIN_TEXTS = tuple(name for name in TEXTS if name not in HELDOUT_TEXTS)
+TRAIN_PAGES_PER_TEXT, HELDOUT_PAGES_PER_TEXT = 4, 2
+
+
+def font_path(name: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
+
+
+def render_page(text: str, rng: random.Random) -> Image.Image:
+    """One page (RGB, ``PAGE``² pixels) of ``text`` in a drawn font, size, ink, paper and angle."""
+    big = PAGE * ZOOM
+    size = rng.uniform(7.0, 12.0) * ZOOM  # the font's size in final pixels: x-height of about 4 to 7 pixels
+    font = ImageFont.truetype(str(font_path(rng.choice(FONTS))), round(size))
+    paper = np.array([rng.uniform(225, 250)] * 3) + np.array([rng.uniform(0, 8), rng.uniform(0, 5), 0])
+    ink = rng.uniform(10, 70)
+    canvas = Image.new("L", (big, big), 0)  # ink coverage, white = ink
+    draw = ImageDraw.Draw(canvas)
+    margin = rng.uniform(0.0, 0.08) * big
+    width_chars = max(8, int((big - 2 * margin) / (font.getlength("n") or size * 0.5)))
+    lines: List[str] = []
+    while len(lines) * size * 1.3 < big:  # the passage again until the page is full
+        lines += textwrap.wrap(text, width_chars)
+    top = margin - rng.uniform(0, size)
+    spacing = size * rng.uniform(1.15, 1.6)
+    for k, line in enumerate(lines):
+        draw.text((margin, top + k * spacing), line, fill=255, font=font)
+    angle = rng.uniform(-2.0, 2.0)
+    canvas = canvas.rotate(angle, resample=Image.BICUBIC, fillcolor=0)
+    coverage = np.asarray(canvas.resize((PAGE, PAGE), Image.BOX), dtype=np.float64) / 255
+    yy, xx = np.mgrid[0:PAGE, 0:PAGE] / PAGE
+    shading = 1 - rng.uniform(0.0, 0.06) * ((xx - rng.random()) ** 2 + (yy - rng.random()) ** 2)
+    pixels = (paper[None, None, :] * shading[..., None]) * (1 - coverage[..., None]) + ink * coverage[..., None]
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+def pages(names, per_text: int, seed: int):
+    rng = random.Random(seed)
+    for name in names:
+        for k in range(per_text):
+            yield f"{name}_{k}", render_page(TEXTS[name], rng)
+
+
+def main() -> None:
+    train, heldout = OUT / "train", OUT / "heldout"
+    for folder in (train, heldout):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+    for name, page in pages(TRAIN_TEXTS, TRAIN_PAGES_PER_TEXT, seed=1):
+        page.save(train / f"{name}.png", optimize=True)
+    rng = np.random.default_rng(2)
+    count = 0
+    for name, page in pages(HELDOUT_TEXTS, HELDOUT_PAGES_PER_TEXT, seed=2):
+        array = np.asarray(page)
+        for k in range(CROPS_PER_PAGE):
+            while True:
+                top, left = (int(v) for v in rng.integers(0, PAGE - CROP + 1, size=2))
+                crop = array[top:top + CROP, left:left + CROP]
+                if (crop / 255).std() >= 0.08:
+                    break
+            Image.fromarray(crop, "RGB").save(heldout / f"{name}_{k}.png", optimize=True)
+            count += 1
+    DEMO.mkdir(parents=True, exist_ok=True)
+    for old in DEMO.glob("*.png"):
+        old.unlink()
+    for name in HELDOUT_TEXTS:
+        (DEMO / f"{name}.png").write_bytes((heldout / f"{name}_0_0.png").read_bytes())
+    print(f"{len(list(train.glob('*.png')))} training pages in {train}, {count} held-out crops in {heldout}, "
+          f"{len(HELDOUT_TEXTS)} demo samples in {DEMO}")
+
+
+if __name__ == "__main__":
+    main()
