@@ -2,9 +2,9 @@
 
     make demo && .venv/bin/python benchmarks/demo_figure.py        # writes docs/demo.png
 
-Reads the crops of ``data/demo`` (the ground truth), makes the observations the demo restores from them (4×4 block
-average, 8 bits; shown enlarged ×4 by pixel repetition) and reads the outputs from ``logs/demo/outputs``; prints
-each output's PSNR from the demo's ``metrics.csv``.
+Reads the crops of ``data/demo`` (the ground truth), makes the observations the demo restores from them with the
+degradation of ``configs/demo.yaml`` (8 bits; a smaller observation is shown enlarged by pixel repetition) and
+reads the outputs from ``logs/demo/outputs``; prints each output's PSNR from the demo's ``metrics.csv``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import argparse
 import csv
 from pathlib import Path
 
-from gdp_lightning.benchmark import save_columns, sr4_observation
+import torch.nn.functional as F
+
+import gdp_lightning
+from gdp_lightning.benchmark import quantize, save_columns
 from gdp_lightning.data import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +33,17 @@ def cli() -> None:
     names = sorted(p.stem for p in inputs.glob("*.png"))
     with open(outputs / "metrics.csv", newline="") as f:
         psnr = {row["name"]: float(row["psnr"]) for row in csv.DictReader(f)}
+    operator = gdp_lightning.build_module(REPO / "configs" / "demo.yaml").degradation
     columns = []
     for name in names:
         clean = read_image(inputs / f"{name}.png").pixels[None]
-        columns.append([sr4_observation(clean)[0], read_image(outputs / f"{name}.png").pixels, clean[0]])
+        operator.init_parameters(1, *clean.shape[-2:])
+        observed = quantize(operator(clean).clamp(0, 1))
+        observed = F.interpolate(observed, size=clean.shape[-2:], mode="nearest")
+        columns.append([observed[0], read_image(outputs / f"{name}.png").pixels, clean[0]])
         print(f"{name}: PSNR {psnr[name]:.2f} dB")
     save_columns(columns, args.out, zoom=args.zoom)
-    print(f"wrote {args.out}: rows input (16x16, shown x4), output, ground truth; columns {', '.join(names)}")
+    print(f"wrote {args.out}: rows input, output, ground truth; columns {', '.join(names)}")
 
 
 if __name__ == "__main__":

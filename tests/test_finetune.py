@@ -6,6 +6,7 @@ The runs use a tiny random prior (32x32) and 3 to 20 training steps in-process.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -201,6 +202,8 @@ def test_make_demo_prior_starts_from_an_empty_run_folder():
     fit_line = next(i for i, line in enumerate(lines) if "gdp fit" in line)
     export = next(line for line in lines if "gdp export" in line)
     assert "--trainer.logger.init_args.version demo_prior" in lines[fit_line]
+    # the demo prior learns from the training pages only: the held-out crops never reach gdp fit
+    assert "--data.input_dir data/documents/train" in lines[fit_line] and "heldout" not in lines[fit_line]
     assert lines.index("rm -rf logs/finetune/demo_prior") < fit_line
     assert "logs/finetune/demo_prior/checkpoints/last.ckpt" in export
 
@@ -587,7 +590,63 @@ def test_demo_config_runs_end_to_end(tmp_path, capfd, monkeypatch):
                "--trainer.logger.init_args.save_dir", str(logs)])
     assert rc == 0, capfd.readouterr().err
     out = logs / config["trainer"]["logger"]["init_args"]["name"] / "outputs"
-    assert sorted(p.stem for p in out.glob("*.png")) == names
+    assert sorted(p.stem for p in out.glob("*.png") if "." not in p.stem) == names  # beside <name>.kernel.png
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("name") and "psnr" in rows[0] and len(rows) == len(names) + 1
     assert list(logs.rglob("events.out.tfevents.*"))
+
+
+def _document_data():
+    spec = importlib.util.spec_from_file_location("document_data", REPO / "benchmarks" / "document_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_document_training_pages_and_heldout_crops_are_disjoint_by_construction():
+    """The document domain (data/documents): the training pages are set from passages the held-out crops never
+    come from, file by file, and the two sets of passages share no run of five words."""
+    docs = _document_data()
+    assert set(docs.TRAIN_TEXTS).isdisjoint(docs.HELDOUT_TEXTS) and set(docs.TRAIN_TEXTS) | set(docs.HELDOUT_TEXTS) \
+        == set(docs.TEXTS)
+
+    def passage(path: Path, texts) -> str:
+        return next(name for name in texts if path.stem.startswith(name + "_"))
+
+    train = sorted((REPO / "data" / "documents" / "train").glob("*.png"))
+    heldout = sorted((REPO / "data" / "documents" / "heldout").glob("*.png"))
+    assert len(train) == len(docs.TRAIN_TEXTS) * docs.TRAIN_PAGES_PER_TEXT
+    assert len(heldout) == len(docs.HELDOUT_TEXTS) * docs.HELDOUT_PAGES_PER_TEXT * docs.CROPS_PER_PAGE
+    assert {passage(p, docs.TRAIN_TEXTS) for p in train} == set(docs.TRAIN_TEXTS)
+    assert {passage(p, docs.HELDOUT_TEXTS) for p in heldout} == set(docs.HELDOUT_TEXTS)
+
+    def runs(names) -> set:
+        words = [w.strip(".,;:?").lower() for name in names for w in docs.TEXTS[name].split()]
+        return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
+
+    assert not runs(docs.TRAIN_TEXTS) & runs(docs.HELDOUT_TEXTS)
+    # and no held-out crop is a region of a training page: no crop's first row is a row segment of a page at any
+    # position (and where one were, the whole window is compared)
+    crops = [np.asarray(Image.open(p).convert("RGB")) for p in heldout]
+    first_rows = {c[0].tobytes(): i for i, c in enumerate(crops)}
+    size = crops[0].shape[0]
+    for path in train:
+        page = np.asarray(Image.open(path).convert("RGB"))
+        for y in range(page.shape[0] - size + 1):
+            row = page[y].tobytes()
+            for x in range(page.shape[1] - size + 1):
+                i = first_rows.get(row[3 * x:3 * (x + size)])
+                assert i is None or not np.array_equal(page[y:y + size, x:x + size], crops[i]), (path, heldout[i])
+
+
+def test_imagenet256_finetune_config_resolves(capfd):
+    with pytest.raises(SystemExit) as done:  # --print_config prints and exits
+        main(["fit", "--config", str(REPO / "configs/prior/imagenet256.yaml"), "--config",
+              str(REPO / "configs/task/sr4.yaml"), "--config", str(REPO / "configs/finetune_imagenet256.yaml"),
+              "--data.input_dir", str(REPO / "data" / "documents" / "train"), "--print_config"])
+    out = capfd.readouterr().out
+    assert done.value.code == 0
+    config = yaml.safe_load(out)
+    assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["accumulate_grad_batches"] == 4
+    assert config["model"]["training"]["gradient_checkpointing"] is True and config["data"]["batch_size"] == 8
+    assert config["model"]["prior"]["unet"]["image_size"] == 256
