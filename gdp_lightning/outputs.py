@@ -166,9 +166,8 @@ def write_sweep(item: ImageResult, path: Path) -> None:
 def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, float]) -> tuple:
     """``metrics.csv`` (one row per image and scale) and ``metrics.json`` (means by scale, failures, the dataset
     metrics) from the records of ``names`` in ``directory``: also those an earlier, interrupted run restored.
-    Returns the rows, the failures, each name's index and the means by scale."""
+    Returns the rows, the failures and the means by scale."""
     rows: List[Dict[str, Any]] = []
-    indices: Dict[str, int] = {}
     failures: List[Failure] = []
     for name in names:
         path = directory / f"{name}.json"
@@ -178,7 +177,6 @@ def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, 
         if record.get("error"):  # an input that could not be used: no result
             rows.append({"name": name, "scale": None, "failed": 1, "error": record["error"]})
             failures.append(Failure(name, record["error"], diverged=False))
-            indices[name] = record.get("index", len(indices))
             continue
         for entry in record.get("results", []):
             if entry.get("diverged") and "output" not in entry:
@@ -189,9 +187,6 @@ def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, 
             elif "metrics" in entry:
                 rows.append({"name": name, "scale": entry["scale"], "diverged": int(bool(entry.get("diverged"))),
                              "failed": 0, "diverged_step": entry.get("diverged_step"), **entry["metrics"]})
-            else:
-                continue
-            indices[name] = record.get("index", len(indices))
     extra = ["diverged", "diverged_step", "failed", "error"]
     columns = ["name", "scale"] + sorted({k for r in rows for k in r} - {"name", "scale", *extra}) + extra
     buffer = io.StringIO()
@@ -210,7 +205,7 @@ def summarize_records(directory: Path, names: Sequence[str], dataset: Dict[str, 
     summary = {"images": len({r["name"] for r in rows}), "failed": [str(f) for f in failures],
                "mean_by_scale": means, "dataset": {k: number(v) for k, v in dataset.items()}}
     json_dump(directory / "metrics.json", summary)
-    return rows, failures, indices, means
+    return rows, failures, means
 
 
 #: the metrics a summary line shows first (the others follow, up to five in all)

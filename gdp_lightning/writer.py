@@ -322,7 +322,7 @@ class RestorationWriter(Callback):
         prefix = f"{trainer.state.stage.value}/" if trainer.state.stage is not None else None
         dataset = {key[len(prefix):]: float(value) for key, value in trainer.callback_metrics.items()
                    if prefix and key.startswith(prefix) and key[len(prefix):].split("/")[0] in DATASET_METRICS}
-        rows, self.failures, _, means = summarize_records(self.directory, names, dataset)
+        rows, self.failures, means = summarize_records(self.directory, names, dataset)
         self._log_means(trainer, means)
         self._log_run(trainer, pl_module, means, dataset, rows)
         for line in run_summary(rows, means, self._skipped, self.directory, getattr(trainer.logger, "log_dir", None)):
