@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 import gdp_lightning
-from gdp_lightning.benchmark import quantize, save_columns
+from gdp_lightning.benchmark import observe, save_columns
 from gdp_lightning.data import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +37,7 @@ def cli() -> None:
     columns = []
     for name in names:
         clean = read_image(inputs / f"{name}.png").pixels[None]
-        operator.init_parameters(1, *clean.shape[-2:])
-        observed = quantize(operator(clean).clamp(0, 1))
+        observed = observe(operator, clean)
         observed = F.interpolate(observed, size=clean.shape[-2:], mode="nearest")
         columns.append([observed[0], read_image(outputs / f"{name}.png").pixels, clean[0]])
         print(f"{name}: PSNR {psnr[name]:.2f} dB")

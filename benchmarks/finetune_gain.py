@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 
 import gdp_lightning
-from gdp_lightning.benchmark import psnr, quantize, save_columns
+from gdp_lightning.benchmark import LINEAR_TASKS, observe, psnr, quantize, save_columns
 from gdp_lightning.data import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
-TASKS = {"sr4": {}, "deblur": {}, "inpaint": {"degradation": {"init_args": {"mask": "random:0.25"}}},
-         "colorize": {}}
 
 
 def ssim(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -51,7 +49,7 @@ def main() -> None:
     parser.add_argument("--crops", type=Path, default=REPO / "data" / "documents" / "heldout")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--samples", type=int, default=1, help="posterior samples per crop (their mean is scored)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(LINEAR_TASKS), choices=list(LINEAR_TASKS))
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--figure-crops", type=int, default=4)
     args = parser.parse_args()
@@ -65,7 +63,7 @@ def main() -> None:
     columns = {}
     for task in args.tasks:
         start = time.perf_counter()
-        options = TASKS[task]
+        options = LINEAR_TASKS[task]
         results, observation = {}, None
         for name, weights in priors.items():
             module = gdp_lightning.build_module(task, "skimage64", weights, progress=False,
@@ -73,9 +71,7 @@ def main() -> None:
                                                          "num_samples": args.samples},
                                                 **options)
             if observation is None:
-                operator = module.degradation
-                operator.init_parameters(len(clean), *clean.shape[-2:])
-                observation = quantize(operator(clean).clamp(0, 1))
+                observation = observe(module.degradation, clean)
             out = gdp_lightning.restore(observation, task, module=module, details=True)
             results[name] = quantize(torch.stack([r["image"] for r in out]))
         scores = {name: (psnr(images, clean), ssim(images, clean)) for name, images in results.items()}

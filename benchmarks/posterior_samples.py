@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 
 import gdp_lightning
-from gdp_lightning.benchmark import psnr, quantize, skimage_crops
+from gdp_lightning.benchmark import LINEAR_TASKS, observe, psnr, quantize, skimage_crops
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = REPO.parent / "shared" / "priors" / "skimage64.pt"
-TASKS = {"sr4": {}, "deblur": {}, "inpaint": {"degradation": {"init_args": {"mask": "random:0.25"}}},
-         "colorize": {}}
 
 
 def sharpness(image: torch.Tensor, truth: torch.Tensor) -> float:
@@ -53,11 +51,9 @@ def main() -> None:
     print(f"{args.crops} held-out 64x64 crops, skimage64, {args.steps} steps")
     print("| task | K | PSNR (dB) | sharpness | corr(std, abs error) | s per image |")
     print("|---|---|---|---|---|---|")
-    for task, options in TASKS.items():
+    for task, options in LINEAR_TASKS.items():
         module = gdp_lightning.build_module(task, "skimage64", PRIOR, sampler={"steps": str(args.steps)}, **options)
-        operator = module.degradation
-        operator.init_parameters(len(clean), 64, 64)
-        y = quantize(operator(clean).clamp(0, 1))
+        y = observe(module.degradation, clean)
         for k in args.samples:
             start = time.perf_counter()
             results = gdp_lightning.restore(y, task, "skimage64", PRIOR, steps=args.steps, details=True,

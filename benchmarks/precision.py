@@ -19,14 +19,12 @@ from pathlib import Path
 import torch
 
 import gdp_lightning
-from gdp_lightning.benchmark import psnr, quantize
+from gdp_lightning.benchmark import LINEAR_TASKS, observe, psnr, quantize
 from gdp_lightning.data import read_image
 from gdp_lightning.precision import auto_precision
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = REPO.parent / "shared" / "priors" / "skimage64.pt"
-TASKS = {"sr4": {}, "deblur": {}, "inpaint": {"degradation": {"init_args": {"mask": "random:0.25"}}},
-         "colorize": {}}
 
 
 def main() -> None:
@@ -34,7 +32,7 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(LINEAR_TASKS))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -46,15 +44,14 @@ def main() -> None:
     print("| task | precision | s per image | PSNR (dB) | max diff to fp32 (levels) |")
     print("|---|---|---|---|---|")
     for task in args.tasks:
-        options = TASKS[task]
-        reference = None
+        options = LINEAR_TASKS[task]
+        reference, y = None, None
         for precision in args.precisions:
             module = gdp_lightning.build_module(task, "skimage64", PRIOR, precision=precision,
                                                 sampler={"steps": str(args.steps), "on_divergence": "keep"},
                                                 progress=False, **options)
-            operator = module.degradation
-            operator.init_parameters(len(clean), 64, 64)
-            y = quantize(operator(clean).clamp(0, 1))
+            if y is None:  # one observation for every precision
+                y = observe(module.degradation, clean)
             warm = gdp_lightning.build_module(task, "skimage64", PRIOR, precision=precision,
                                               sampler={"steps": "2"}, progress=False, **options)
             gdp_lightning.restore(y[:2], task, module=warm, device=device, details=True)

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from .metrics import psnr  # noqa: F401 - PSNR per image of the 8-bit values, re-exported for the protocol
 from .metrics import to_8bit as quantize
 
-__all__ = ["skimage_crops", "quantize", "psnr", "sr4_observation", "save_columns", "SKIMAGE_PHOTOS"]
+__all__ = ["skimage_crops", "quantize", "psnr", "observe", "save_columns", "SKIMAGE_PHOTOS", "LINEAR_TASKS"]
+
+#: the linear tasks of ``configs/task`` and the options the benchmarks restore them with (``build_module``
+#: options: inpainting with 25 % of the pixels missing, drawn per image)
+LINEAR_TASKS = {"sr4": {}, "deblur": {}, "inpaint": {"degradation": {"init_args": {"mask": "random:0.25"}}},
+                "colorize": {}}
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 
@@ -30,12 +35,11 @@ def skimage_crops(n: int = 4, size: int = 64, scale: float = 0.25, seed: int = 0
     return quantize(torch.cat(out))
 
 
-def sr4_observation(clean: torch.Tensor) -> torch.Tensor:
-    """The observation the SR ×4 task makes of clean ``(N, 3, H, W)`` images (GDP's 4×4 block average, 8 bits),
-    shown at the clean size (each pixel repeated 4×4)."""
-    from .degradations import SuperResolution
-
-    return F.interpolate(quantize(SuperResolution(4)(clean)), scale_factor=4, mode="nearest")
+def observe(operator, clean: torch.Tensor) -> torch.Tensor:
+    """The 8-bit observation ``operator`` makes of clean ``(N, 3, H, W)`` images in [0, 1] (its per-image
+    parameters, such as random masks, set up for them first)."""
+    operator.init_parameters(len(clean), *clean.shape[-2:])
+    return quantize(operator(clean).clamp(0, 1))
 
 
 def save_columns(columns, path, zoom: int = 2, gap: int = 2) -> None:

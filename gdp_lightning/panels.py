@@ -66,8 +66,8 @@ def restoration_panel(observation: torch.Tensor, output: torch.Tensor, truth: Op
     """input (the observation's first three channels, enlarged to the output's size) | output | ground truth (when
     known) | the samples' standard deviation (``num_samples``) or else the absolute error (when the truth is known),
     both times :data:`MAP_GAIN`, averaged over the channels."""
-    tiles: List[Tuple[str, torch.Tensor]] = [("output", output)]
-    tiles.insert(0, ("input", _resize(_rgb(observation), tuple(output.shape[-2:]))))
+    tiles: List[Tuple[str, torch.Tensor]] = [("input", _resize(_rgb(observation), tuple(output.shape[-2:]))),
+                                             ("output", output)]
     if truth is not None:
         tiles.append(("ground truth", truth))
     if std is not None:
