@@ -1,16 +1,18 @@
 """Write the document domain: typeset pages of public-domain texts, as a flatbed scanner at about 100 dpi sees
-them, for fine-tuning (``data/documents/train``) and held-out 64×64 evaluation crops (``data/documents/heldout``);
-and the demo's samples (``data/demo``: the first held-out crop of each held-out passage).
+them, for fine-tuning (``data/documents/train``), 64×64 crops to choose fine-tuning settings on
+(``data/documents/tune``) and held-out 64×64 evaluation crops (``data/documents/heldout``); and the demo's samples
+(``data/demo``: the first held-out crop of each held-out passage).
 
     .venv/bin/python benchmarks/document_data.py      # needs matplotlib (its bundled DejaVu and STIX fonts)
 
 A page is one passage of ``TEXTS`` set in one of the fonts at a drawn size, dark ink on paper of a drawn tone with
 a gentle shading, rendered at 4× and reduced with an antialiased (box) filter, then turned by a small drawn angle,
-as a page lies on a scanner. The training pages and the held-out pages are set from different passages (the
-training ones from ``TRAIN_TEXTS``, the held-out ones from ``HELDOUT_TEXTS``): no line of text, and so no crop,
-is in both (``tests/test_finetune.py`` checks the split). Each held-out page gives 4 crops at drawn positions; a crop
-that is almost blank (standard deviation below 0.08) is drawn again. Everything is seeded: a rerun writes the same
-files.
+as a page lies on a scanner. The training, tuning and held-out pages are set from different passages
+(``TRAIN_TEXTS``, ``TUNE_TEXTS``, ``HELDOUT_TEXTS``): no line of text, and so no crop, is in two of them
+(``tests/test_finetune.py`` checks the split). Settings of a fine-tuning recipe are compared on the tuning crops
+(``benchmarks/finetune_sweep.py``), and only the chosen recipe is scored on the held-out ones. Each tuning or
+held-out page gives 4 crops at drawn positions; a crop that is almost blank (standard deviation below 0.08) is
+drawn again. Everything is seeded: a rerun writes the same files.
 """
 
 from __future__ import annotations
@@ -82,9 +84,27 @@ TEXTS = {
               "distribution of the organic beings inhabiting South America, and in the geological relations of "
               "the present to the past inhabitants of that continent. These facts seemed to throw some light on "
               "the origin of species, that mystery of mysteries.",
+    # the tuning passages
+    "frankenstein": "You will rejoice to hear that no disaster has accompanied the commencement of an enterprise "
+                    "which you have regarded with such evil forebodings. I arrived here yesterday, and my first "
+                    "task is to assure my dear sister of my welfare and increasing confidence in the success of "
+                    "my undertaking. I am already far north of London.",
+    "jane_eyre": "There was no possibility of taking a walk that day. We had been wandering, indeed, in the "
+                 "leafless shrubbery an hour in the morning; but since dinner the cold winter wind had brought "
+                 "with it clouds so sombre, and a rain so penetrating, that further out-door exercise was now "
+                 "out of the question. I was glad of it.",
+    "great_expectations": "My father's family name being Pirrip, and my Christian name Philip, my infant tongue "
+                          "could make of both names nothing longer or more explicit than Pip. So, I called "
+                          "myself Pip, and came to be called Pip. I give Pirrip as my father's family name, on "
+                          "the authority of his tombstone and my sister.",
+    "emancipation": "That on the first day of January, in the year of our Lord one thousand eight hundred and "
+                    "sixty-three, all persons held as slaves within any State or designated part of a State, "
+                    "the people whereof shall then be in rebellion against the United States, shall be then, "
+                    "thenceforward, and forever free.",
 }
 HELDOUT_TEXTS = ("second_inaugural", "walden", "alice", "origin")
-TRAIN_TEXTS = tuple(name for name in TEXTS if name not in HELDOUT_TEXTS)
+TUNE_TEXTS = ("frankenstein", "jane_eyre", "great_expectations", "emancipation")
+TRAIN_TEXTS = tuple(name for name in TEXTS if name not in HELDOUT_TEXTS + TUNE_TEXTS)
 TRAIN_PAGES_PER_TEXT, HELDOUT_PAGES_PER_TEXT = 4, 2
 
 
@@ -128,17 +148,11 @@ def pages(names, per_text: int, seed: int):
             yield f"{name}_{k}", render_page(TEXTS[name], rng)
 
 
-def main() -> None:
-    train, heldout = OUT / "train", OUT / "heldout"
-    for folder in (train, heldout):
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.png"):
-            old.unlink()
-    for name, page in pages(TRAIN_TEXTS, TRAIN_PAGES_PER_TEXT, seed=1):
-        page.save(train / f"{name}.png", optimize=True)
-    rng = np.random.default_rng(2)
+def write_crops(folder: Path, names, seed: int) -> int:
+    """``CROPS_PER_PAGE`` crops of each of ``HELDOUT_PAGES_PER_TEXT`` pages per passage; returns their count."""
+    rng = np.random.default_rng(seed)
     count = 0
-    for name, page in pages(HELDOUT_TEXTS, HELDOUT_PAGES_PER_TEXT, seed=2):
+    for name, page in pages(names, HELDOUT_PAGES_PER_TEXT, seed=seed):
         array = np.asarray(page)
         for k in range(CROPS_PER_PAGE):
             while True:
@@ -146,14 +160,28 @@ def main() -> None:
                 crop = array[top:top + CROP, left:left + CROP]
                 if (crop / 255).std() >= 0.08:
                     break
-            Image.fromarray(crop, "RGB").save(heldout / f"{name}_{k}.png", optimize=True)
+            Image.fromarray(crop, "RGB").save(folder / f"{name}_{k}.png", optimize=True)
             count += 1
+    return count
+
+
+def main() -> None:
+    train, tune, heldout = OUT / "train", OUT / "tune", OUT / "heldout"
+    for folder in (train, tune, heldout):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+    for name, page in pages(TRAIN_TEXTS, TRAIN_PAGES_PER_TEXT, seed=1):
+        page.save(train / f"{name}.png", optimize=True)
+    count = write_crops(heldout, HELDOUT_TEXTS, seed=2)
+    tuning = write_crops(tune, TUNE_TEXTS, seed=3)
     DEMO.mkdir(parents=True, exist_ok=True)
     for old in DEMO.glob("*.png"):
         old.unlink()
     for name in HELDOUT_TEXTS:
         (DEMO / f"{name}.png").write_bytes((heldout / f"{name}_0_0.png").read_bytes())
-    print(f"{len(list(train.glob('*.png')))} training pages in {train}, {count} held-out crops in {heldout}, "
+    print(f"{len(list(train.glob('*.png')))} training pages in {train}, {tuning} tuning crops in {tune}, "
+          f"{count} held-out crops in {heldout}, "
           f"{len(HELDOUT_TEXTS)} demo samples in {DEMO}")
 
 

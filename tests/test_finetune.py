@@ -603,40 +603,42 @@ def _document_data():
     return module
 
 
-def test_document_training_pages_and_heldout_crops_are_disjoint_by_construction():
-    """The document domain (data/documents): the training pages are set from passages the held-out crops never
-    come from, file by file, and the two sets of passages share no run of five words."""
+def test_document_training_tuning_and_heldout_sets_are_disjoint_by_construction():
+    """The document domain (data/documents): the training pages, the tuning crops (settings are compared on them)
+    and the held-out crops (the chosen recipe is scored on them) are set from three disjoint groups of passages,
+    file by file; no two groups share a run of five words, and no crop is a region of a training page."""
     docs = _document_data()
-    assert set(docs.TRAIN_TEXTS).isdisjoint(docs.HELDOUT_TEXTS) and set(docs.TRAIN_TEXTS) | set(docs.HELDOUT_TEXTS) \
-        == set(docs.TEXTS)
+    groups = {"train": docs.TRAIN_TEXTS, "tune": docs.TUNE_TEXTS, "heldout": docs.HELDOUT_TEXTS}
+    assert sum(len(g) for g in groups.values()) == len(set().union(*groups.values())) == len(docs.TEXTS)
 
     def passage(path: Path, texts) -> str:
         return next(name for name in texts if path.stem.startswith(name + "_"))
 
-    train = sorted((REPO / "data" / "documents" / "train").glob("*.png"))
-    heldout = sorted((REPO / "data" / "documents" / "heldout").glob("*.png"))
-    assert len(train) == len(docs.TRAIN_TEXTS) * docs.TRAIN_PAGES_PER_TEXT
-    assert len(heldout) == len(docs.HELDOUT_TEXTS) * docs.HELDOUT_PAGES_PER_TEXT * docs.CROPS_PER_PAGE
-    assert {passage(p, docs.TRAIN_TEXTS) for p in train} == set(docs.TRAIN_TEXTS)
-    assert {passage(p, docs.HELDOUT_TEXTS) for p in heldout} == set(docs.HELDOUT_TEXTS)
+    files = {split: sorted((REPO / "data" / "documents" / split).glob("*.png")) for split in groups}
+    assert len(files["train"]) == len(docs.TRAIN_TEXTS) * docs.TRAIN_PAGES_PER_TEXT
+    for split in ("tune", "heldout"):
+        assert len(files[split]) == len(groups[split]) * docs.HELDOUT_PAGES_PER_TEXT * docs.CROPS_PER_PAGE
+    for split, texts in groups.items():
+        assert {passage(p, texts) for p in files[split]} == set(texts)
 
     def runs(names) -> set:
         words = [w.strip(".,;:?").lower() for name in names for w in docs.TEXTS[name].split()]
         return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
 
-    assert not runs(docs.TRAIN_TEXTS) & runs(docs.HELDOUT_TEXTS)
-    # and no held-out crop is a region of a training page: no crop's first row is a row segment of a page at any
-    # position (and where one were, the whole window is compared)
-    crops = [np.asarray(Image.open(p).convert("RGB")) for p in heldout]
+    for a, b in (("train", "tune"), ("train", "heldout"), ("tune", "heldout")):
+        assert not runs(groups[a]) & runs(groups[b]), (a, b)
+    # and no tuning or held-out crop is a region of a training page: no crop's first row is a row segment of a page
+    # at any position (and where one were, the whole window is compared)
+    crops = [np.asarray(Image.open(p).convert("RGB")) for p in files["tune"] + files["heldout"]]
     first_rows = {c[0].tobytes(): i for i, c in enumerate(crops)}
     size = crops[0].shape[0]
-    for path in train:
+    for path in files["train"]:
         page = np.asarray(Image.open(path).convert("RGB"))
         for y in range(page.shape[0] - size + 1):
             row = page[y].tobytes()
             for x in range(page.shape[1] - size + 1):
                 i = first_rows.get(row[3 * x:3 * (x + size)])
-                assert i is None or not np.array_equal(page[y:y + size, x:x + size], crops[i]), (path, heldout[i])
+                assert i is None or not np.array_equal(page[y:y + size, x:x + size], crops[i]), path
 
 
 def test_imagenet256_finetune_config_resolves(capfd):
