@@ -19,17 +19,16 @@ demo: install
 	$(VENV)/bin/gdp predict --config configs/demo.yaml
 
 # how data/demo_prior.pt was made: fine-tune skimage64 on the document pages of data/documents/train (written again
-# by benchmarks/document_data.py, byte for byte), export the EMA weights. The run's folder is made afresh: its logs
+# by benchmarks/document_data.py, byte for byte) with the recipe of configs/finetune_documents.yaml, export the EMA
+# weights. The run's folder is made afresh: its logs
 # and last.ckpt are this run's only
 DEMO_RUN := logs/finetune/demo_prior
 demo-prior: install
 	rm -rf $(DEMO_RUN)
 	$(PY) benchmarks/document_data.py
 	$(VENV)/bin/gdp fit --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml \
-		--config configs/finetune.yaml --data.input_dir data/documents/train --data.val_split 0.125 \
-		--data.epoch_size 1600 --data.train_scales '[0.5, 1.0]' --trainer.max_steps 1000 \
-		--trainer.precision bf16-mixed --trainer.limit_val_batches 1.0 --model.training.val_samples 4 \
-		--model.training.val_sample_steps 25 --trainer.logger.init_args.version demo_prior
+		--config configs/finetune.yaml --config configs/finetune_documents.yaml \
+		--data.input_dir data/documents/train --trainer.logger.init_args.version demo_prior
 	$(VENV)/bin/gdp export $(DEMO_RUN)/checkpoints/last.ckpt data/demo_prior.pt --dtype float16
 
 test: install

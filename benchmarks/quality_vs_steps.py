@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from versus_diffpir import CHECKPOINT, OPERATORS, load_crops  # noqa: E402
 
 from gdp_lightning.api import build_module, restore  # noqa: E402
+from gdp_lightning.benchmark import GRADIENT_SCALES as GDP_SCALES  # noqa: E402
 from gdp_lightning.benchmark import psnr, quantize  # noqa: E402
 from gdp_lightning.degradations import HDR, Blur, Darken, gaussian_kernel  # noqa: E402
 from gdp_lightning.sampling import QualityTerm  # noqa: E402
 
-GDP_SCALES = {"sr4": 8000.0, "deblur": 24000.0, "inpaint": 16000.0, "colorize": 10000.0}
 TASKS = ["sr4", "deblur", "inpaint", "colorize", "blind_deblur", "lowlight", "hdr"]
 
 

@@ -198,7 +198,8 @@ class GDPCLI(LightningCLI):
             for subparser in self._subcommand_parsers.values():
                 if any(getattr(a, "dest", None) == "verbose" for a in subparser._actions):
                     subparser.set_defaults(verbose=False)
-        export = GDPArgumentParser(description=EXPORT_HELP + " Usage: gdp export CHECKPOINT OUTPUT [--dtype float16]")
+        export = GDPArgumentParser(description=EXPORT_HELP + " Usage: gdp export CHECKPOINT OUTPUT [--dtype float16] "
+                                   "[--weights trained]")
         subcommands.add_subcommand("export", export, help=EXPORT_HELP)
 
     def _logs_follow_root_dir(self) -> None:
@@ -305,11 +306,14 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("output", help="the state dict file to write (.pt)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="value type of the weights (float16 halves the file; loads into float32 models)")
+    parser.add_argument("--weights", choices=["ema", "trained"], default="ema",
+                        help="of a gdp fit checkpoint: the EMA of the weights (default, where it has one) or the "
+                        "trained weights themselves")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="allow a checkpoint that needs arbitrary pickles (torch.load weights_only=False)")
     args = parser.parse_args(list(argv))
     path, info = export_checkpoint(args.checkpoint, args.output, dtype=getattr(torch, args.dtype),
-                                   trust_checkpoint=args.trust_checkpoint)
+                                   trust_checkpoint=args.trust_checkpoint, weights=args.weights)
     print(f"wrote {path}: {info}")
     return 0
 

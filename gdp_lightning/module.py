@@ -27,7 +27,7 @@ from .diffusion import GaussianDiffusion
 from .errors import ConfigError, note
 from .metrics import ImageMetrics
 from .precision import PRECISION_OPTIONS, PRECISIONS, resolve_precision
-from .prior import PriorSpec, load_prior_weights
+from .prior import PriorSpec, load_prior_weights, merge_low_rank
 from .resources import available_bytes, format_seconds
 from .sampling import (
     BatchResult,
@@ -343,6 +343,9 @@ class GDPModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """A ``gdp fit`` checkpoint restores with its EMA weights (its training state is dropped)."""
         state = checkpoint.get("state_dict", {})
+        merged = merge_low_rank(state)  # a fit with low-rank adapters: its weights as the plain UNet's
+        state.clear()
+        state.update(merged)
         ema = {k[len("ema_unet."):]: v for k, v in state.items() if k.startswith("ema_unet.")}
         state.update({"unet." + k: v for k, v in ema.items()})
         self._keep_own_training_state(state)

@@ -31,7 +31,15 @@ from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.errors import ConfigError
 from gdp_lightning.finetune import FinetuneData, FinetuneModule
 from gdp_lightning.panels import LABEL_HEIGHT, MIN_SIDE
-from gdp_lightning.prior import PriorSpec, create_model, read_checkpoint
+from gdp_lightning.prior import (
+    PriorSpec,
+    create_model,
+    merge_low_rank,
+    read_checkpoint,
+    select_modules,
+    select_parameters,
+    trainable_summary,
+)
 from gdp_lightning.prior import unet as unet_module
 from gdp_lightning.finetune.training import (
     LossSecondMomentTimesteps,
@@ -166,17 +174,30 @@ def test_fit_lowers_the_loss_and_export_holds_the_ema(tiny, photos, tmp_path, ca
     assert list(after) == list(before) == list(ema)
     assert all(torch.equal(after[k], ema[k]) for k in after)
     assert any(not torch.equal(ema[k], trained[k]) for k in ema)
+    # --weights trained: the trained weights themselves
+    raw = tmp_path / "raw.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(raw), "--weights", "trained"]) == 0
+    assert "trained weights" in capfd.readouterr().out
+    raw_weights = torch.load(raw, weights_only=True)
+    assert list(raw_weights) == list(before) and all(torch.equal(raw_weights[k], trained[k]) for k in trained)
+    assert main(["export", str(exported), str(tmp_path / "no.pt"), "--weights", "trained"]) == 2
+    assert "--weights trained needs a gdp fit checkpoint" in capfd.readouterr().err
+    assert not (tmp_path / "no.pt").exists()
     loss_before, loss_after = fixed_loss(before, TINY, photos), fixed_loss(after, TINY, photos)
     loss_trained = fixed_loss(trained, TINY, photos)
     assert loss_after < 0.7 * loss_before, (loss_before, loss_after)
     assert loss_trained < 0.7 * loss_before, (loss_before, loss_trained)
 
 
-def test_resume_continues_the_same_run(tiny, photos, tmp_path, capfd):
-    straight = fit(capfd, tiny, tmp_path / "a", photos, steps=12)
-    first = fit(capfd, tiny, tmp_path / "b", photos, steps=8)
+@pytest.mark.parametrize("options", [[], ["--model.training.lora_rank", "2", "--model.training.trainable", "[norm]",
+                                          "--data.replay_fraction", "0.5"]], ids=["full", "adapters"])
+def test_resume_continues_the_same_run(tiny, photos, tmp_path, capfd, options):
+    if options:  # adapters beside trained norms, and half the crops from a replay folder
+        options = options + ["--data.replay_dir", str(photos["held"])]
+    straight = fit(capfd, tiny, tmp_path / "a", photos, *options, steps=12)
+    first = fit(capfd, tiny, tmp_path / "b", photos, *options, steps=8)
     assert state(first / "last.ckpt")["global_step"] == 8
-    resumed = fit(capfd, tiny, tmp_path / "b", photos, "--ckpt_path", str(first / "last.ckpt"), steps=12)
+    resumed = fit(capfd, tiny, tmp_path / "b", photos, *options, "--ckpt_path", str(first / "last.ckpt"), steps=12)
     a, b = state(straight / "last.ckpt"), state(resumed / "last.ckpt")
     assert b["global_step"] == 12
     assert b["optimizer_states"][0]["state"][0]["step"].item() == 12
@@ -202,8 +223,12 @@ def test_make_demo_prior_starts_from_an_empty_run_folder():
     fit_line = next(i for i, line in enumerate(lines) if "gdp fit" in line)
     export = next(line for line in lines if "gdp export" in line)
     assert "--trainer.logger.init_args.version demo_prior" in lines[fit_line]
-    # the demo prior learns from the training pages only: the held-out crops never reach gdp fit
-    assert "--data.input_dir data/documents/train" in lines[fit_line] and "heldout" not in lines[fit_line]
+    # the demo prior learns from the training pages only: the tuning and held-out crops never reach gdp fit
+    assert "--data.input_dir data/documents/train" in lines[fit_line]
+    configs = [REPO / arg for arg in lines[fit_line].split() if arg.endswith(".yaml")]
+    assert REPO / "configs" / "finetune_documents.yaml" in configs
+    for text in [lines[fit_line]] + [path.read_text() for path in configs]:
+        assert "documents/heldout" not in text and "documents/tune" not in text
     assert lines.index("rm -rf logs/finetune/demo_prior") < fit_line
     assert "logs/finetune/demo_prior/checkpoints/last.ckpt" in export
 
@@ -422,6 +447,65 @@ def test_predict_with_a_fit_checkpoint_uses_its_ema(tiny, photos, tmp_path, capf
     assert len(list(out.glob("p*.json"))) == 2
 
 
+def _prior_weights(tiny: Path) -> dict:
+    return torch.load(yaml.safe_load(tiny.read_text())["model"]["prior"]["checkpoint"], weights_only=True)
+
+
+def test_fit_trains_only_the_parts_it_names(tiny, photos, tmp_path, capfd, fitted):
+    before = _prior_weights(tiny)
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.trainable", "[attention, out]",
+                      "--model.training.lr", "1e-3", steps=3)
+    ckpt = state(checkpoints / "last.ckpt")
+    trained = {k[len("unet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")}
+    chosen = set(select_parameters(_tiny(), ["attention", "out"]))
+    assert chosen and list(trained) == list(before)
+    for key, value in before.items():
+        assert torch.equal(trained[key], value) == (key not in chosen), key
+    assert len(ckpt["optimizer_states"][0]["state"]) == len(chosen)  # AdamW holds the trained parts only
+    unet = fitted[-1].unet
+    assert trainable_summary(unet)[0] == sum(p.numel() for n, p in unet.named_parameters() if n in chosen)
+
+
+@pytest.mark.parametrize("ema", ["0.9999", "0"])
+def test_fit_with_low_rank_adapters_trains_them_alone_and_exports_plain_weights(tiny, photos, tmp_path, capfd, ema):
+    before = _prior_weights(tiny)
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.lora_rank", "4",
+                      "--model.training.lr", "1e-2", "--model.training.warmup_steps", "2",
+                      "--model.training.ema_decay", ema, steps=20)
+    sd = state(checkpoints / "last.ckpt")["state_dict"]
+    adapted = select_modules(_tiny(), ["1x1"])
+    mark = ".parametrizations.weight."
+    for layer in adapted:  # the adapted weights stay frozen; only their adapters moved
+        assert torch.equal(sd[f"unet.{layer}{mark}original"], before[f"{layer}.weight"])
+        assert sd[f"unet.{layer}{mark}0.up"].abs().max() > 0
+    for key, value in sd.items():
+        if key.startswith("unet.") and mark not in key:
+            assert torch.equal(value, before[key[len("unet."):]]), key
+    exported = tmp_path / "prior.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(exported)]) == 0
+    capfd.readouterr()
+    after = torch.load(exported, weights_only=True)
+    assert list(after) == list(before)  # a plain guided-diffusion state dict
+    source = ({k[len("ema_unet."):]: v for k, v in sd.items() if k.startswith("ema_unet.")} if ema != "0" else
+              merge_low_rank({k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}))
+    assert all(torch.equal(after[k], source[k]) for k in after)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {f"{layer}.weight" for layer in adapted}
+    assert fixed_loss(after, TINY, photos) < fixed_loss(before, TINY, photos)
+    # gdp predict restores with those weights from the fit checkpoint as from the export
+    outputs = {}
+    for how, options in (("export", ["--model.prior.checkpoint", str(exported)]),
+                         ("ckpt_path", ["--ckpt_path", str(checkpoints / "last.ckpt")])):
+        out = tmp_path / how
+        rc = main(["predict", "--config", str(tiny), "--config", str(SR4), "--data.input_dir", str(photos["held"]),
+                   "--data.mode", "synthetic", "--data.crop_size", "32", "--model.sampler.steps", "3",
+                   "--writer.output_dir", str(out), *QUIET, "--trainer.logger.init_args.save_dir",
+                   str(tmp_path / "plogs"), *options])
+        assert rc == 0, capfd.readouterr().err
+        outputs[how] = [p.read_bytes() for p in sorted(out.glob("p*.png"))]
+    assert len(outputs["export"]) == 2 and outputs["export"] == outputs["ckpt_path"]
+
+
 # ----------------------------------------------------------------------------------------- the pieces
 def test_warmup_and_ema_decay():
     assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
@@ -519,6 +603,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpoint_calls):
     ({"warmup_steps": -1}, "--model.training.warmup_steps"),
     ({"timestep_sampler": "importance"}, "--model.training.timestep_sampler"),
     ({"ema_decay": 1.0}, "--model.training.ema_decay"),
+    ({"lora_rank": -1}, "--model.training.lora_rank"),
+    ({"lora_rank": 4, "lora_alpha": 0}, "--model.training.lora_alpha"),
+    ({"lora_rank": 4, "lora_targets": []}, "--model.training.lora_targets"),
+    ({"trainable": []}, "nothing would train"),
 ])
 def test_bad_training_settings(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -532,6 +620,15 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
         (["--data.input_dir", str(tmp_path / "nowhere")], "nowhere"),
         (["--data.input_dir", str(photos["train"]), "--data.val_split", "6"], "--data.val_split"),
         (["--data.input_dir", str(photos["train"]), "--data.train_scales", "[0.5, 0.25]"], "--data.train_scales"),
+        (["--data.input_dir", str(photos["train"]), "--model.training.trainable", "[nothing]"],
+         "--model.training.trainable: 'nothing' names no parameter"),
+        (["--data.input_dir", str(photos["train"]), "--model.training.lora_rank", "2",
+          "--model.training.lora_targets", "[nothing]"], "--model.training.lora_targets"),
+        (["--data.input_dir", str(photos["train"]), "--data.replay_fraction", "0.25"], "--data.replay_dir"),
+        (["--data.input_dir", str(photos["train"]), "--data.replay_dir", str(tmp_path / "gone"),
+          "--data.replay_fraction", "0.25"], f"--data.replay_dir {tmp_path / 'gone'}: no such folder"),
+        (["--data.input_dir", str(photos["train"]), "--data.val_dir", str(tmp_path / "gone")],
+         "--data.val_dir"),
     ]
     for options, needle in cases:
         assert main(base + options) == 2
@@ -566,6 +663,31 @@ def test_fit_data_holds_out_a_seeded_split(photos):
     assert batch["x"].shape == (2, 3, 32, 32) and len(batch["name"]) == 2
     val = next(iter(data.val_dataloader()))
     assert val["x"].shape == (2, 3, 32, 32) and val["y"].shape == (2, 3, 8, 8)
+
+
+def test_replay_mixes_a_seeded_share_of_other_images_into_the_crops(photos, tmp_path):
+    from gdp_lightning.data import TrainingCrops
+
+    train = sorted(photos["train"].glob("*.png"))
+    replay = sorted(photos["held"].glob("*.png"))
+    mixed = TrainingCrops(train, 32, 400, replay=replay, replay_fraction=0.25, seed=1)
+    names = [mixed[i]["name"] for i in range(400)]
+    share = sum(name in {p.stem for p in replay} for name in names) / len(names)
+    assert abs(share - 0.25) < 0.06 and {p.stem for p in train} <= set(names)
+    again = TrainingCrops(train, 32, 400, replay=replay, replay_fraction=0.25, seed=1)
+    assert torch.equal(again[17]["x"], mixed[17]["x"]) and again[17]["name"] == names[17]
+    # at fraction 0 nothing more is drawn: the crops are those of a run without replay
+    plain, zero = TrainingCrops(train, 32, 50, seed=1), TrainingCrops(train, 32, 50, seed=1, replay=replay)
+    assert all(torch.equal(plain[i]["x"], zero[i]["x"]) for i in range(10))
+    for bad, message in (({"replay": replay, "replay_fraction": 1.0}, "--data.replay_fraction 1.0"),
+                         ({"replay_fraction": 0.3}, "--data.replay_dir")):
+        with pytest.raises(DataError, match=message):
+            TrainingCrops(train, 32, 10, **bad)
+    data = _fit_data(photos, replay_dir=str(photos["held"]), replay_fraction=0.5)
+    data.setup("fit")
+    assert data.training_set.replay == replay and data.training_set.replay_fraction == 0.5
+    with pytest.raises(DataError, match="go together"):
+        _fit_data(photos, replay_dir=str(photos["held"]))
 
 
 def test_fit_data_without_model_is_refused(photos):

@@ -247,6 +247,7 @@ def find_inputs(
     exposure_folders: bool = False,
     list_file: Optional[PathLike] = None,
     side_files: bool = True,
+    option: str = "--data.input_dir",
 ) -> List[InputItem]:
     """The inputs of a folder or of a list of files, sorted by name (see the module's naming rules).
 
@@ -256,6 +257,7 @@ def find_inputs(
     :param exposure_folders: HDR: every immediate sub-folder is a scene whose images are its exposures.
     :param list_file: a text file naming (and ordering) the inputs to take, one a line.
     :param side_files: attach ``_mask`` / ``_kernel`` side files (synthetic mode: ``False``).
+    :param option: the option that gave ``input_dir``, as errors name it.
     :raises DataError: a missing folder or file, no images, two inputs of one name, bad scene folders, names of the
         list file that are not inputs.
     """
@@ -293,9 +295,9 @@ def find_inputs(
             items.append(item)
     else:
         folder = Path(input_dir)
-        where = f"--data.input_dir {folder}"
+        where = f"{option} {folder}"
         if not folder.is_dir():
-            raise DataError(f"--data.input_dir {folder}: no such folder")
+            raise DataError(f"{where}: no such folder")
         if exposure_folders:
             items = _scene_items(folder)
         else:

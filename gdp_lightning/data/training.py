@@ -39,8 +39,10 @@ def _whole(value: Any) -> bool:
 class TrainingCrops(Dataset):
     """Seeded random crops of clean images for fine-tuning: sample i is a function of (seed, i) only.
 
-    Sample ``i`` draws from ``torch.Generator().manual_seed(crop_seed(seed, i))``, in this order: the image (uniform
-    over ``paths``), the scale ``s`` (log-uniform in ``[lo, hi]``, ``lo = max(min_scale, size / min(H, W))``,
+    Sample ``i`` draws from ``torch.Generator().manual_seed(crop_seed(seed, i))``, in this order: with
+    ``replay_fraction`` > 0, whether it is a replay crop (with that probability; at 0 nothing is drawn, so the
+    crops are those of a run without replay); the image (uniform over ``paths``, or over ``replay`` for a replay
+    crop), the scale ``s`` (log-uniform in ``[lo, hi]``, ``lo = max(min_scale, size / min(H, W))``,
     ``hi = max(max_scale, lo)``: an image whose short side is below ``size`` is upscaled so that the crop fits),
     the position of the square region of side ``round(size / s)`` cut from the image, and whether to flip it
     horizontally (probability 0.5, drawn only when ``flip``). The region is resized to ``size × size`` (bicubic,
@@ -58,6 +60,8 @@ class TrainingCrops(Dataset):
     :param flip: flip half of the crops horizontally.
     :param seed: the seed of every random choice.
     :param cache: keep the decoded images in memory (per process: each DataLoader worker holds its own).
+    :param replay: images of the prior's own domain to mix in against forgetting (cropped the same way).
+    :param replay_fraction: the share of samples drawn from ``replay`` (in [0, 1)).
     """
 
     def __init__(
@@ -71,10 +75,19 @@ class TrainingCrops(Dataset):
         flip: bool = True,
         seed: int = 0,
         cache: bool = True,
+        replay: Sequence[Union[str, Path]] = (),
+        replay_fraction: float = 0.0,
     ):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         self.paths: List[Path] = [Path(p) for p in paths]
+        self.replay: List[Path] = [Path(p) for p in replay]
+        if not (math.isfinite(replay_fraction) and 0 <= replay_fraction < 1):
+            raise DataError(f"--data.replay_fraction {replay_fraction}: give the share of replay crops in [0, 1)")
+        if replay_fraction > 0 and not self.replay:
+            raise DataError(f"--data.replay_fraction {replay_fraction}: there are no replay images; give them with "
+                            "--data.replay_dir")
+        self.replay_fraction = float(replay_fraction)
         if not self.paths:
             raise DataError("no training images: give the folder or files of clean images to fine-tune on")
         if not _whole(size) or size < 1:
@@ -91,7 +104,6 @@ class TrainingCrops(Dataset):
         self.flip = flip
         self.seed = seed
         self.cache = cache
-        self.names: List[str] = [p.stem for p in self.paths]
         self._pixels: Dict[Path, Tensor] = {}
 
     def __len__(self) -> int:
@@ -115,8 +127,13 @@ class TrainingCrops(Dataset):
         if i < 0:
             raise IndexError(f"sample index {i}: give a non-negative index")
         generator = torch.Generator().manual_seed(crop_seed(self.seed, i))
-        which = int(torch.randint(len(self.paths), (1,), generator=generator))
-        pixels = self._image(self.paths[which])
+        pool = self.paths
+        if self.replay_fraction > 0 and float(torch.rand((), generator=generator, dtype=torch.float64)) \
+                < self.replay_fraction:
+            pool = self.replay
+        which = int(torch.randint(len(pool), (1,), generator=generator))
+        path = pool[which]
+        pixels = self._image(path)
         height, width = pixels.shape[-2:]
         lo, hi = self.scale_range(height, width)
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
@@ -133,7 +150,7 @@ class TrainingCrops(Dataset):
                               align_corners=False)[0].clamp_(0, 1)
         if flipped:
             x = x.flip(-1)
-        return {"x": x.to(torch.float32).contiguous(), "index": i, "name": self.names[which]}
+        return {"x": x.to(torch.float32).contiguous(), "index": i, "name": path.stem}
 
 
 class CropSampler(ProcessSampler):

@@ -32,16 +32,27 @@ class FinetuneData(GDPDataModule):
     :param train_scales: the range of scales of the random crops (crop side / cut region side, log-uniform):
         ``[0.25, 1]`` cuts regions of 1 to 4 times the prior's size and resizes them to it.
     :param flip: flip half of the crops horizontally.
+    :param replay_dir: a folder of images of the prior's own domain (e.g. the photos it was trained on) to mix into
+        the training crops against forgetting.
+    :param replay_fraction: the share of training crops cut from ``replay_dir`` (in [0, 1)), chosen per crop
+        (seeded by its index).
     :param image_size: the prior's image size, the crops' (``gdp`` links the model's).
     :param kwargs: the data options of restoration (see :class:`~gdp_lightning.data.GDPDataModule`).
     """
 
     def __init__(self, val_dir: Optional[str] = None, val_split: float = 0, epoch_size: int = 1000,
                  train_scales: Tuple[float, float] = (0.25, 1.0), flip: bool = True,
+                 replay_dir: Optional[str] = None, replay_fraction: float = 0.0,
                  image_size: Optional[int] = None, **kwargs: Any):
         super().__init__(**kwargs)
         if val_split < 0:
             raise DataError(f"--data.val_split {val_split}: give a count >= 1, a fraction < 1, or 0")
+        if not 0 <= replay_fraction < 1:
+            raise DataError(f"--data.replay_fraction {replay_fraction}: give the share of replay crops in [0, 1)")
+        if (replay_dir is None) != (replay_fraction == 0):
+            raise DataError("--data.replay_dir and --data.replay_fraction go together: give the folder of the "
+                            "prior's own images and the share of crops to cut from them (e.g. 0.25)")
+        self.replay_dir, self.replay_fraction = replay_dir, replay_fraction
         self.val_dir, self.val_split = val_dir, val_split
         self.epoch_size, self.train_scales, self.flip = epoch_size, tuple(train_scales), flip
         self.image_size = image_size
@@ -78,16 +89,21 @@ class FinetuneData(GDPDataModule):
         found = find_inputs(self.input_dir, self.files, recursive=self.recursive, list_file=self.list_file,
                             side_files=False)
         if self.val_dir is not None:
-            train, held = found, find_inputs(self.val_dir, recursive=self.recursive, side_files=False)
+            train, held = found, find_inputs(self.val_dir, recursive=self.recursive, side_files=False,
+                                             option="--data.val_dir")
         else:
             train, held = self._held_out(found)
-        parallel(check_image, [item.paths[0] for item in train + held])
+        replay = [] if self.replay_dir is None else find_inputs(self.replay_dir, recursive=self.recursive,
+                                                                  side_files=False, option="--data.replay_dir")
+        parallel(check_image, [item.paths[0] for item in train + held + replay])
         size = self.image_size
         if size is None:
             raise DataError("gdp fit needs the prior's image size to crop the training images (image_size)")
         self.train_paths = [item.paths[0] for item in train]
         self.training_set = TrainingCrops(self.train_paths, size, self.epoch_size, min_scale=self.train_scales[0],
-                                          max_scale=self.train_scales[1], flip=self.flip, seed=self.seed)
+                                          max_scale=self.train_scales[1], flip=self.flip, seed=self.seed,
+                                          replay=[item.paths[0] for item in replay],
+                                          replay_fraction=self.replay_fraction)
         # validation: the held-out images as synthetic inputs, renumbered 0..n-1
         self.items = [dataclasses.replace(item, index=i) for i, item in enumerate(held)]
         self._fit_crop = self.crop_size or size

@@ -20,9 +20,17 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from ..diffusion import GaussianDiffusion, randn
-from ..errors import GDPError
+from ..errors import ConfigError, GDPError, note
 from ..module import GDPModule
 from ..panels import restoration_panel, stack
+from ..prior import (
+    adapter_parameters,
+    add_low_rank_adapters,
+    has_adapters,
+    merge_low_rank,
+    select_parameters,
+    trainable_summary,
+)
 from ..ranges import to_model
 from ..sample_prior import draw_samples
 from ..sampling import BatchResult
@@ -80,7 +88,6 @@ class FinetuneModule(GDPModule):
         self.unet.set_compute_dtype(torch.float32)
         self.precision_used = "fp32"
         self.unet.set_gradient_checkpointing(settings.gradient_checkpointing)
-        self.unet.requires_grad_(True)
         self.degradation.requires_grad_(False)
         if self._train_diffusion is None:
             self._train_diffusion = GaussianDiffusion.from_prior(self.prior)
@@ -90,12 +97,38 @@ class FinetuneModule(GDPModule):
         # held-out denoising loss of the sampling weights: the prior's fit to the domain, at fixed timesteps and noise
         self.val_denoising = nn.ModuleDict({k: MeanMetric() for k in ("loss", "mse")})
         if settings.ema_decay > 0 and self.ema_unet is None:
+            # a plain UNet, also when the trained one carries adapters: the EMA averages the weights they give
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
             self.ema_unet.set_gradient_checkpointing(False)
+        self._choose_trainable()
+
+    def _choose_trainable(self) -> None:
+        """Freeze what does not train: with ``trainable``, every other weight; with ``lora_rank``, add the adapters
+        (once) and freeze the weights they adapt."""
+        settings = self.training_settings
+        if settings.lora_rank and not has_adapters(self.unet):
+            try:
+                add_low_rank_adapters(self.unet, settings.lora_targets, settings.lora_rank,
+                                      settings.lora_alpha or settings.lora_rank)
+            except ValueError as e:
+                raise ConfigError(f"--model.training.lora_targets: {e}") from None
+        parts = settings.trainable if settings.trainable is not None else ([] if settings.lora_rank else ["all"])
+        self.unet.requires_grad_(False)
+        plain = {n: p for n, p in self.unet.named_parameters() if ".parametrizations.weight.0." not in n}
+        try:
+            names = select_parameters(self.unet, parts) if parts else []
+        except ValueError as e:
+            raise ConfigError(f"--model.training.trainable: {e}") from None
+        for name in names:
+            if name in plain:
+                plain[name].requires_grad_(True)
+        for p in adapter_parameters(self.unet):
+            p.requires_grad_(True)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         settings = self.training_settings
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=settings.lr, betas=tuple(settings.betas),
+        trained = [p for p in self.unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=tuple(settings.betas),
                                       weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_factor(step, settings.warmup_steps))
@@ -103,6 +136,9 @@ class FinetuneModule(GDPModule):
 
     def on_fit_start(self) -> None:
         self._require_weights()
+        trained, total = trainable_summary(self.unet)
+        if trained < total:
+            note(f"fit trains {trained / 1e6:.3f} M of the UNet's {total / 1e6:.2f} M parameters")
         self._ema_step = self.trainer.global_step
         # the baseline: a fresh run's sanity check validates the starting prior (a resumed run's does not count)
         self._baseline = self.training_settings.baseline_validation and self.trainer.ckpt_path is None
@@ -149,7 +185,8 @@ class FinetuneModule(GDPModule):
         its weights)."""
         state = checkpoint.get("state_dict", {})
         if self.ema_unet is not None and not any(k.startswith("ema_unet.") for k in state):
-            state.update({"ema_unet." + k[len("unet."):]: v for k, v in list(state.items()) if k.startswith("unet.")})
+            unet = merge_low_rank({k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")})
+            state.update({"ema_unet." + k: v for k, v in unet.items()})
         self._keep_own_training_state(state)
         self.weights_loaded = True
 

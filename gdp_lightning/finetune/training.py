@@ -9,8 +9,8 @@ moving average (EMA) of the weights that sampling, validation and export use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -53,6 +53,16 @@ class TrainingSettings:
     :param ema_warmup: use decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so that a short fine-tuning
         is not averaged away into the starting weights.
     :param gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory, ~30 % slower).
+    :param trainable: the parts of the UNet that train; the others stay frozen (see
+        :mod:`gdp_lightning.prior.adapters`: ``all``, ``attention``, ``norm``, ``input_blocks``, ``middle_block``,
+        ``output_blocks``, ``out``, ``time_embed``, or patterns over parameter names). Default: every weight, or
+        with ``lora_rank`` none but the adapters.
+    :param lora_rank: > 0: train low-rank adapters of this rank on the layers ``lora_targets`` names instead of
+        their weights (the UNet's weights stay frozen, except the parts ``trainable`` names); the EMA, validation
+        and ``gdp export`` use the adapted weights merged into a plain guided-diffusion state dict.
+    :param lora_alpha: the adapters' update is scaled by ``lora_alpha / lora_rank`` (default ``lora_rank``: 1).
+    :param lora_targets: the layers that get adapters: ``1x1`` (every 1×1 convolution: the attention's ``qkv`` and
+        ``proj_out`` and the 1×1 skip connections), ``attention``, ``conv``, ``linear``, or patterns over module names.
     :param val_samples: validation: unconditional samples logged to TensorBoard as a grid (0 = none).
     :param val_sample_steps: validation: sampling steps of those samples (respacing string).
     :param baseline_validation: a fresh run (not a resumed one) first validates the starting prior on the whole
@@ -71,6 +81,10 @@ class TrainingSettings:
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     gradient_checkpointing: bool = False
+    trainable: Optional[List[str]] = None
+    lora_rank: int = 0
+    lora_alpha: Optional[float] = None
+    lora_targets: List[str] = field(default_factory=lambda: ["1x1"])
     val_samples: int = 16
     val_sample_steps: Union[int, str] = "50"
     baseline_validation: bool = True
@@ -89,6 +103,15 @@ class TrainingSettings:
             object.__setattr__(self, "val_sample_steps", respacing_string(self.val_sample_steps))
         except ValueError as e:
             raise ConfigError(f"--model.training.val_sample_steps {e}") from None
+        if self.lora_rank < 0:
+            raise ConfigError(f"--model.training.lora_rank must be 0 (no adapters) or more, got {self.lora_rank}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"--model.training.lora_alpha must be positive, got {self.lora_alpha}")
+        if self.lora_rank and not self.lora_targets:
+            raise ConfigError("--model.training.lora_targets is empty: name the layers that get adapters, e.g. [1x1]")
+        if self.trainable is not None and not self.trainable and not self.lora_rank:
+            raise ConfigError("--model.training.trainable is empty and there are no adapters: nothing would train; "
+                              "name the parts to train (e.g. [all]) or set --model.training.lora_rank")
         if self.val_samples < 0:
             raise ConfigError(f"--model.training.val_samples must be 0 or more, got {self.val_samples}")
 
@@ -107,14 +130,21 @@ def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
+def _value(model: nn.Module, name: str) -> torch.Tensor:
+    """``model``'s tensor called ``name`` as the forward pass sees it (an adapted weight merged)."""
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module) if module else model, attr)
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema ← decay · ema + (1 − decay) · model`` for every parameter; buffers are copied."""
-    ema_params = list(ema.parameters())
-    params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)]
+    """``ema ← decay · ema + (1 − decay) · model`` for every parameter of ``ema``, by name; buffers are copied.
+    ``model`` may carry low-rank adapters: the EMA (a plain UNet) averages the weights they give."""
+    ema_params = [p for _, p in ema.named_parameters()]
+    params = [_value(model, n).detach().to(p.dtype) for n, p in ema.named_parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    for name, e in ema.named_buffers():
+        e.copy_(_value(model, name))
 
 
 class UniformTimesteps(nn.Module):

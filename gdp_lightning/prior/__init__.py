@@ -3,6 +3,17 @@
 Knows nothing of diffusion math, tasks or Lightning.
 """
 
+from .adapters import (
+    LORA_TARGETS,
+    PARTS,
+    add_low_rank_adapters,
+    adapter_parameters,
+    has_adapters,
+    merge_low_rank,
+    select_modules,
+    select_parameters,
+    trainable_summary,
+)
 from .checkpoint import (
     CheckpointError,
     export_checkpoint,
@@ -21,6 +32,15 @@ from .unet import UNetModel, timestep_embedding
 
 __all__ = [
     "CheckpointError",
+    "LORA_TARGETS",
+    "PARTS",
+    "add_low_rank_adapters",
+    "adapter_parameters",
+    "has_adapters",
+    "merge_low_rank",
+    "select_modules",
+    "select_parameters",
+    "trainable_summary",
     "DiffusionSettings",
     "ModelFlags",
     "PRESETS",

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import GDPError
 from ..io import atomic_path
+from .adapters import merge_low_rank
 from .presets import PRESETS, get_preset
 from .spec import PriorSpec
 from .unet import UNetModel
@@ -129,10 +130,13 @@ def extract_unet_state_dict(obj: Any, *, source: str = "checkpoint") -> Dict[str
     In a Lightning checkpoint (or any dict with a ``state_dict`` entry) the UNet
     is found by its keys' common suffixes; where several copies are present
     (e.g. ``prior.unet.`` and ``ema_unet.``), the one whose prefix mentions
-    ``ema`` is taken.
+    ``ema`` is taken. Low-rank adapters (of ``gdp fit --model.training.lora_rank``) are merged into the weights
+    they adapt.
     """
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
+    if _is_state_dict(obj):
+        obj = merge_low_rank(obj)
     if not _is_state_dict(obj):
         if isinstance(obj, Mapping):
             keys = ", ".join(map(str, list(obj)[:6]))
@@ -277,21 +281,30 @@ def save_state_dict(
 
 
 def export_checkpoint(
-    checkpoint: PathLike, output: PathLike, *, dtype: torch.dtype = torch.float32, trust_checkpoint: bool = False
+    checkpoint: PathLike, output: PathLike, *, dtype: torch.dtype = torch.float32, trust_checkpoint: bool = False,
+    weights: str = "ema",
 ) -> Tuple[Path, str]:
     """Write the UNet of ``checkpoint`` (the EMA weights of a ``gdp fit`` checkpoint) as a plain guided-diffusion
     state dict at ``output``; returns the path and a one-line description.
 
     A ``gdp fit`` checkpoint records its prior: the weights are checked against the UNet of that prior (strictly,
-    on the meta device) before anything is written.
+    on the meta device) before anything is written. ``weights="trained"`` exports a fit checkpoint's trained
+    weights instead of their EMA.
     """
+    if weights not in ("ema", "trained"):
+        raise CheckpointError(f"--weights {weights}: give ema or trained")
     obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, trust_option="gdp export --trust_checkpoint")
+    fit = isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)
+    if weights == "trained":
+        if not fit or not any(k.startswith("unet.") for k in obj["state_dict"]):
+            raise CheckpointError(f"{checkpoint}: --weights trained needs a gdp fit checkpoint (its unet.* weights)")
+        obj = {**obj, "state_dict": {k: v for k, v in obj["state_dict"].items() if k.startswith("unet.")}}
     state_dict = extract_unet_state_dict(obj, source=str(checkpoint))
     if _ANCHOR not in state_dict:
         raise CheckpointError(f"{checkpoint}: holds no guided-diffusion UNet (no {_ANCHOR}); give a gdp fit checkpoint "
                               "or a prior's state dict")
     which = "weights"
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    if fit:
         which = "EMA weights" if any(k.startswith("ema_unet.") for k in obj["state_dict"]) else "trained weights"
         prior = (obj.get("hyper_parameters") or {}).get("prior")
         if isinstance(prior, Mapping):

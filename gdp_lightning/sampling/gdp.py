@@ -231,9 +231,9 @@ class GDPSampler:
             )
         return self.degradation.num_observations * self.data_loss(pred, y)
 
-    def loss_terms(self, image: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Every term of the guidance objective, per image (unweighted)."""
-        terms = {"data": self.data_terms(image, y)}
+    def loss_terms(self, image: torch.Tensor, y: torch.Tensor, data: bool = True) -> Dict[str, torch.Tensor]:
+        """Every term of the guidance objective, per image (unweighted); ``data=False`` leaves the data term out."""
+        terms = {"data": self.data_terms(image, y)} if data else {}
         for q in self.quality:
             terms[q.name] = q.loss(q.loss.prepare(image))
         return terms
@@ -255,6 +255,9 @@ class GDPSampler:
             return torch.zeros_like(image), terms
         m = self.substeps
         push, terms = self._gradient(image, y, c / m, data)
+        if not data:  # reported, not pushed by: computed once, not in every substep
+            with torch.no_grad():
+                terms = {"data": self.data_terms(image, y), **terms}
         for _ in range(m - 1):
             part, _ = self._gradient(image - push, y, c / m, data)
             push = push + part
@@ -263,7 +266,7 @@ class GDPSampler:
     def _gradient(self, image: torch.Tensor, y: torch.Tensor, c: float, data: bool = True):
         image = image.detach().requires_grad_(True)
         with torch.enable_grad():
-            terms = self.loss_terms(image, y)
+            terms = self.loss_terms(image, y, data)
             objective = self.scale * terms["data"].sum() if data else 0.0
             for q in self.quality:
                 weight = q.weight * self.scale if q.relative else q.weight
