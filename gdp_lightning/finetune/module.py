@@ -113,15 +113,12 @@ class FinetuneModule(GDPModule):
             except ValueError as e:
                 raise ConfigError(f"--model.training.lora_targets: {e}") from None
         parts = settings.trainable if settings.trainable is not None else ([] if settings.lora_rank else ["all"])
-        self.unet.requires_grad_(False)
-        plain = {n: p for n, p in self.unet.named_parameters() if ".parametrizations.weight.0." not in n}
         try:
-            names = select_parameters(self.unet, parts) if parts else []
+            names = set(select_parameters(self.unet, parts) if parts else [])
         except ValueError as e:
             raise ConfigError(f"--model.training.trainable: {e}") from None
-        for name in names:
-            if name in plain:
-                plain[name].requires_grad_(True)
+        for name, p in self.unet.named_parameters():
+            p.requires_grad_(name in names)
         for p in adapter_parameters(self.unet):
             p.requires_grad_(True)
 
