@@ -18,6 +18,7 @@ from gdp_lightning.prior import (
     merge_low_rank,
     select_modules,
     select_parameters,
+    trainable_summary,
 )
 from gdp_lightning.prior.adapters import LowRankDelta
 from gdp_lightning.prior.unet import AttentionBlock
@@ -114,6 +115,22 @@ def test_adapters_on_linear_layers_keep_the_anchor_key():
     randomize_adapters(model)
     extracted = extract_unet_state_dict(model.state_dict())
     assert list(extracted) == list(_tiny().state_dict()) and "time_embed.0.weight" in extracted
+
+
+def test_trainable_summary_counts_the_weights_apart_from_their_adapters():
+    model = _tiny()
+    weights = sum(p.numel() for p in model.parameters())
+    assert trainable_summary(model) == (weights, weights, 0)
+    names = add_low_rank_adapters(model, ["1x1"], rank=2, alpha=2.0)
+    model.requires_grad_(False)
+    for p in adapter_parameters(model):
+        p.requires_grad_(True)
+    # a c_out x c_in 1x1 convolution's rank-2 adapter: down 2 x c_in, up c_out x 2
+    adapters = sum(2 * sum(model.get_submodule(n).weight.shape[:2]) for n in names)
+    assert adapters > 0 and trainable_summary(model) == (adapters, weights, adapters)
+    model.out.requires_grad_(True)  # a part trained beside the adapters
+    head = sum(p.numel() for p in model.out.parameters())
+    assert trainable_summary(model) == (adapters + head, weights, adapters)
 
 
 def test_gradients_reach_the_adapters_and_not_the_frozen_weights():

@@ -133,9 +133,12 @@ class FinetuneModule(GDPModule):
 
     def on_fit_start(self) -> None:
         self._require_weights()
-        trained, total = trainable_summary(self.unet)
-        if trained < total:
-            note(f"fit trains {trained / 1e6:.3f} M of the UNet's {total / 1e6:.2f} M parameters")
+        trained, weights, adapters = trainable_summary(self.unet)
+        if adapters:
+            note(f"fit trains {trained / 1e6:.3f} M parameters: low-rank adapters on the UNet's {weights / 1e6:.2f} M "
+                 f"(export merges them into the weights)")
+        elif trained < weights:
+            note(f"fit trains {trained / 1e6:.3f} M of the UNet's {weights / 1e6:.2f} M parameters")
         self._ema_step = self.trainer.global_step
         # the baseline: a fresh run's sanity check validates the starting prior (a resumed run's does not count)
         self._baseline = self.training_settings.baseline_validation and self.trainer.ckpt_path is None

@@ -200,8 +200,11 @@ def merge_low_rank(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return out
 
 
-def trainable_summary(unet: nn.Module) -> Tuple[int, int]:
-    """``(trainable, total)`` parameter counts of ``unet`` (adapters included in both)."""
+def trainable_summary(unet: nn.Module) -> Tuple[int, int, int]:
+    """``(trainable, weights, adapters)`` parameter counts of ``unet``: what trains (adapters included), the UNet's
+    own weights (what an exported state dict holds) and the low-rank adapters' parameters."""
+    adapters = {id(p) for p in adapter_parameters(unet)}
     params: Iterable[nn.Parameter] = unet.parameters()
-    counts = [(p.numel(), p.requires_grad) for p in params]
-    return sum(n for n, g in counts if g), sum(n for n, _ in counts)
+    counts = [(p.numel(), p.requires_grad, id(p) in adapters) for p in params]
+    return (sum(n for n, g, _ in counts if g), sum(n for n, _, a in counts if not a),
+            sum(n for n, _, a in counts if a))
