@@ -116,7 +116,10 @@ def test_one_diverging_image_does_not_sink_its_batch_mate(prior, two_crops):
     alone = _sampler(prior, op, guidance="gradient")
     alone.scale = 16000.0
     single = alone.restore(y[1:], seeds=[6])
-    assert torch.allclose(single.images, result.images[1:], atol=1e-4)
+    # the same restoration alone as beside the diverging image: up to the float rounding a batch of another size
+    # computes in (guidance at scale 16000 for 20 steps amplifies it; far below one 8-bit level)
+    diff = (single.images - result.images[1:]).abs()
+    assert float(diff.max()) < 0.5 / 255 and float(diff.mean()) < 1e-4
 
 
 def test_retry_at_half_the_scale(prior, two_crops, skimage64_checkpoint):
