@@ -1,4 +1,5 @@
-"""The UNet's compute precision when restoring: ``--model.precision auto|fp32|bf16|fp16``.
+"""The UNet's compute precision when restoring (``--model.precision auto|fp32|bf16|fp16``) and the trainer's when
+fine-tuning (``gdp fit --trainer.precision auto``, :func:`training_precision`).
 
 ``auto`` picks the fastest precision that keeps quality on the device at hand:
 
@@ -9,6 +10,8 @@
   float16 convolutions on a CPU are slower than float32).
 
 ``benchmarks/precision.py`` measures the choice on a machine (speed, PSNR and the difference to fp32 per task).
+For training, ``auto`` picks Lightning's ``bf16-mixed`` where ``auto`` picks ``bf16``, ``16-mixed`` where it picks
+``fp16`` and ``32-true`` otherwise: the weights stay float32 in every case.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["PRECISIONS", "PRECISION_OPTIONS", "auto_precision", "cpu_has_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "PRECISION_OPTIONS", "auto_precision", "cpu_has_bf16", "resolve_precision",
+           "accelerator_device", "training_precision"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION_OPTIONS = ("auto", *PRECISIONS)
@@ -47,3 +51,22 @@ def auto_precision(device: torch.device) -> Tuple[str, str]:
 def resolve_precision(option: str, device: torch.device) -> str:
     """The precision name an option means on ``device`` (``auto`` resolved; others as given)."""
     return auto_precision(device)[0] if option == "auto" else option
+
+
+#: Lightning's precision for each restoring precision (mixed: autocast over float32 weights)
+TRAINING_PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+
+
+def accelerator_device(accelerator: object) -> torch.device:
+    """The device type a trainer's ``accelerator`` option runs on (``auto``: a GPU where one is available)."""
+    name = (accelerator if isinstance(accelerator, str) else type(accelerator).__name__).lower()
+    if name.startswith(("cuda", "gpu")) or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def training_precision(accelerator: object = "auto") -> Tuple[str, str]:
+    """The trainer precision ``auto`` picks for ``accelerator`` (``bf16-mixed``, ``16-mixed`` or ``32-true``) and
+    the reason, in words."""
+    name, reason = auto_precision(accelerator_device(accelerator))
+    return TRAINING_PRECISIONS[name], reason

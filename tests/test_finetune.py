@@ -290,6 +290,56 @@ def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp
     assert seen == {"autocast": True, "weights": {torch.float32}, "tables": {torch.float64}, "loss": torch.float32}
 
 
+@pytest.mark.parametrize("option, native, expected, told", [
+    ("auto", False, "32-true", "fit computes in 32-true (--trainer.precision auto: this CPU has no native bfloat16"),
+    ("auto", True, "bf16-mixed", "fit computes in bf16-mixed (--trainer.precision auto: this CPU computes bfloat16"),
+    ("bf16-mixed", False, "bf16-mixed", "--trainer.precision bf16-mixed on a CPU without native bfloat16"),
+    ("bf16-mixed", True, "bf16-mixed", None),
+])
+def test_trainer_precision_auto_follows_the_cpu(tiny, photos, tmp_path, capfd, monkeypatch, option, native, expected,
+                                                 told):
+    from gdp_lightning import precision
+    from gdp_lightning.finetune import module as finetune_module
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(finetune_module, "cpu_has_bf16", lambda: native)
+    seen = {}
+    original = FinetuneModule.training_step
+
+    def spy(self, batch, batch_idx):
+        seen["precision"], seen["autocast"] = str(self.trainer.precision), torch.is_autocast_enabled("cpu")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(FinetuneModule, "training_step", spy)
+    argv = ["fit", "--config", str(tiny), "--config", str(SR4), "--config", str(FINETUNE), "--data.input_dir",
+            str(photos["train"]), "--data.batch_size", "2", "--data.epoch_size", "2", "--trainer.max_steps", "1",
+            "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu", "--trainer.precision", option,
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *QUIET]
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert seen == {"precision": expected, "autocast": expected == "bf16-mixed"}
+    notes = [line for line in err.splitlines() if "precision" in line or "computes in" in line]
+    assert [told in line for line in notes] == ([True] if told else []), err
+
+
+def test_training_precision_by_device(monkeypatch):
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from gdp_lightning import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [precision.accelerator_device(a).type for a in ("auto", "cpu", "gpu", "cuda", CPUAccelerator())] == \
+        ["cpu", "cpu", "cuda", "cuda", "cpu"]
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.training_precision("auto")[0] == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, name in ((True, "bf16-mixed"), (False, "16-mixed")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert precision.training_precision("auto")[0] == name
+        assert precision.training_precision("gpu")[0] == name
+    assert precision.training_precision("cpu")[0] == "32-true"
+
+
 @pytest.mark.parametrize("path", fixture_files("unet_golden"), ids=lambda p: p.name)
 def test_export_has_the_reference_keys_and_reloads_to_the_same_outputs(path, photos, tmp_path, capfd, fitted):
     fixture = torch.load(path, weights_only=True)
@@ -771,6 +821,6 @@ def test_imagenet256_finetune_config_resolves(capfd):
     out = capfd.readouterr().out
     assert done.value.code == 0
     config = yaml.safe_load(out)
-    assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["accumulate_grad_batches"] == 4
+    assert config["trainer"]["precision"] == "auto" and config["trainer"]["accumulate_grad_batches"] == 4
     assert config["model"]["training"]["gradient_checkpointing"] is True and config["data"]["batch_size"] == 8
     assert config["model"]["prior"]["unet"]["image_size"] == 256

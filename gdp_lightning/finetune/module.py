@@ -22,6 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 from ..diffusion import GaussianDiffusion, randn
 from ..errors import ConfigError, GDPError, note
 from ..module import GDPModule
+from ..precision import cpu_has_bf16
 from ..panels import restoration_panel, stack
 from ..prior import (
     adapter_parameters,
@@ -139,9 +140,20 @@ class FinetuneModule(GDPModule):
                  f"(export merges them into the weights)")
         elif trained < weights:
             note(f"fit trains {trained / 1e6:.3f} M of the UNet's {weights / 1e6:.2f} M parameters")
+        self._note_precision()
         self._ema_step = self.trainer.global_step
         # the baseline: a fresh run's sanity check validates the starting prior (a resumed run's does not count)
         self._baseline = self.training_settings.baseline_validation and self.trainer.ckpt_path is None
+
+    def _note_precision(self) -> None:
+        """Say which precision ``--trainer.precision auto`` chose, and when bfloat16 runs emulated on this CPU."""
+        precision = str(self.trainer.precision)
+        reason = getattr(self.trainer, "precision_reason", None)
+        if reason is not None:
+            note(f"fit computes in {precision} (--trainer.precision auto: {reason})")
+        elif precision.startswith("bf16") and self.device.type == "cpu" and not cpu_has_bf16():
+            note(f"--trainer.precision {precision} on a CPU without native bfloat16 (AVX512-BF16/AMX) is emulated "
+                 "and trains many times slower than 32-true; --trainer.precision auto picks the fastest")
 
     # ------------------------------------------------------------ training
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
