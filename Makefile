@@ -24,6 +24,7 @@ demo: install
 # and last.ckpt are this run's only
 DEMO_RUN := logs/finetune/demo_prior
 demo-prior: install
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install 'matplotlib>=3.5'  # the pages' fonts
 	rm -rf $(DEMO_RUN)
 	$(PY) benchmarks/document_data.py
 	$(VENV)/bin/gdp fit --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml \

@@ -109,8 +109,11 @@ TRAIN_PAGES_PER_TEXT, HELDOUT_PAGES_PER_TEXT = 4, 2
 
 
 def font_path(name: str) -> Path:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise SystemExit("benchmarks/document_data.py: the pages are set in matplotlib's bundled DejaVu fonts; "
+                         "install it: pip install 'matplotlib>=3.5'") from None
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
 
 
