@@ -17,12 +17,13 @@ task (± the standard error of the per-crop differences) and the mean PSNR chang
 
 The variants (``VARIANTS``) change one setting of the reference recipe (``REFERENCE``: the documents recipe with
 lr 1e-4 and an EMA of decay 0.9999 with warm-up, the former demo prior's): the reference itself for 1400 steps
-(evaluated at 200 to 1400 steps; at 1000 steps also exported with its trained weights instead of their EMA), learning rates 3e-5
-and 3e-4, an EMA of decay 0.999 without the warm-up, 25 % and 50 % of the crops replayed from skimage64's own
-training photos (``benchmarks/skimage_photos.py`` writes them), training only the attention blocks and the output
-head or only the decoder (``output_blocks``) and the head, and rank-8 low-rank adapters on the 1×1 convolutions
-or on every convolution and linear layer (learning rate 1e-3). ``demo`` is the demo prior's recipe as
-``configs/finetune_documents.yaml`` has it (400 steps at lr 2e-4, the EMA of decay 0.9975 without warm-up).
+(evaluated at 200 to 1400 steps; at 1000 steps also exported with its trained weights instead of their EMA),
+learning rates 3e-5 and 3e-4, an EMA of decay 0.999 without the warm-up, 25 % and 50 % of the crops replayed
+from skimage64's own training photos (``benchmarks/skimage_photos.py`` writes them), training only the attention
+blocks and the output head or only the decoder (``output_blocks``) and the head, and rank-8 low-rank adapters on
+the 1×1 convolutions or on every convolution and linear layer (learning rate 1e-3). ``demo`` is the demo prior's
+recipe as ``configs/finetune_documents.yaml`` has it (400 steps at lr 2e-4, the EMA of decay 0.9975 without
+warm-up).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ RECIPE = ["--config", "configs/prior/skimage64.yaml", "--config", "configs/task/
 REFERENCE = ["--model.training.lr", "1e-4", "--model.training.ema_decay", "0.9999", "--model.training.ema_warmup",
              "true"]
 LORA = ["--model.training.lora_rank", "8", "--model.training.lr", "1e-3"]
-#: name: (gdp fit options beside the recipe's, optimizer steps of the fit, the steps to evaluate)
+#: name: (gdp fit options beside REFERENCE's, optimizer steps of the fit, the steps to evaluate); None: the
+#: recipe as configs/finetune_documents.yaml has it, without REFERENCE
 VARIANTS: Dict[str, tuple] = {
     "demo": (None, 400, (400,)),
     "recipe": ([], 1400, (200, 400, 600, 1000, 1400)),
