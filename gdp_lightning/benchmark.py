@@ -56,7 +56,9 @@ def restore_crops(task: str, weights, clean: torch.Tensor, *, steps: int, sample
     holding ``weights``, at ``steps`` steps, the mean of ``samples`` posterior samples, as 8-bit values; a diverged
     restoration is kept (and scored). Further ``sampler`` options override the task's."""
     from .api import build_module, restore
+    from .resources import keep_freed_memory
 
+    keep_freed_memory()
     module = build_module(task, preset, weights, progress=False,
                           sampler={"steps": str(steps), "on_divergence": "keep", "num_samples": samples, **sampler},
                           **LINEAR_TASKS[task])

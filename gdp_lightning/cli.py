@@ -38,6 +38,7 @@ from .errors import ConfigError, GDPError
 from .finetune import FinetuneData, FinetuneModule
 from .module import GDPModule
 from .precision import training_precision
+from .resources import keep_freed_memory
 
 __all__ = ["GDPCLI", "GDPTrainer", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_TERMINATED"]
 
@@ -389,6 +390,7 @@ def quiet_frameworks() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gdp``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     verbose = verbose_flag(args)
     if verbose:  # the bare flag is the command's; test and validate also pass it on to Lightning's result table
         args = [a for a in args if a != "--verbose"] + (["--verbose", "true"] if args[:1] in (["test"], ["validate"])

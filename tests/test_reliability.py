@@ -6,6 +6,7 @@ matters."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -215,6 +216,36 @@ def test_a_long_restoration_says_how_long_it_will_take(capsys):
     GDPModule._announce_duration(5.0, info, context, (10, 100))  # 100 s in all: nothing to say
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["gdp: wide (10000x10): step 1 of 20 took 30 s; this restoration needs about 10 min"]
+
+
+_FAULTS = """
+import resource, sys, torch
+from gdp_lightning.resources import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "keep" else None)
+for _ in range(10):  # a 64 MiB activation written and freed at every step; the heap settles in a few
+    torch.ones(16 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(16 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator thresholds")
+def test_large_freed_blocks_are_reused_instead_of_faulted_in_again():
+    def faults(mode, **env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                             env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+        applied, count = out.stdout.split()
+        return applied, int(count)
+
+    pages = (64 << 20) // 4096
+    applied, default = faults("default", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None)
+    assert default >= 9 * pages  # glibc maps and unmaps each block: every step faults its pages in again
+    applied, kept = faults("keep", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None)
+    assert applied == "True" and kept < pages // 4  # the settled heap is reused
+    applied, chosen = faults("keep", MALLOC_MMAP_THRESHOLD_="33554432")  # the user's own setting wins
+    assert applied == "False" and chosen >= 9 * pages
 
 
 # ------------------------------------------------------------------------------- masks that observe nothing
