@@ -390,7 +390,7 @@ def quiet_frameworks() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gdp``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    keep_freed_memory()
+    keep_freed_memory(default=False)  # on with GDP_KEEP_FREED_MEMORY=1
     verbose = verbose_flag(args)
     if verbose:  # the bare flag is the command's; test and validate also pass it on to Lightning's result table
         args = [a for a in args if a != "--verbose"] + (["--verbose", "true"] if args[:1] in (["test"], ["validate"])

@@ -88,19 +88,22 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 KEEP_BYTES = 1 << 30
 
 
-def keep_freed_memory() -> bool:
-    """Let glibc's allocator reuse freed blocks of up to 1 GiB instead of unmapping them.
+def keep_freed_memory(default: bool = True) -> bool:
+    """Let glibc's allocator reuse freed blocks of up to 1 GiB instead of unmapping them; True where it did.
 
     glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free, so a CPU restoration
-    of a large batch (the activations of 32 64×64 crops are 64 MiB a layer) pays a page fault for every 4 KiB of
-    every activation, at every step: with 4 posterior samples of 8 crops most of the time went to the kernel.
-    Raising both thresholds keeps those blocks in the heap for the next step (``benchmarks/finetune_gain.py``,
-    deblurring of 8 crops, 4 samples, 5 steps: 66 → 36 s on two cores) at the cost of a higher peak (1.59 → 1.91
-    GiB there): up to 1 GiB of freed memory stays with the process. The ``gdp`` command and the benchmarks'
-    ``restore_crops`` call it; a library user calls it once before restoring. Does nothing, and returns False, off glibc, or where
-    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set in the environment (the user's own choice,
-    which glibc has applied already)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    of a large batch of small images (the activations of 32 64×64 crops are 64 MiB a layer) pays a page fault for
+    every 4 KiB of every activation, at every step: with 4 posterior samples of 8 crops most of the time went to
+    the kernel. Raising both thresholds keeps those blocks in the heap for the next step
+    (``benchmarks/finetune_gain.py``, deblurring of 8 crops, 4 samples, 5 steps: 66 → 36 s on two cores) at the
+    cost of a higher peak where freed blocks cannot be merged (1.59 → 1.91 GiB there; a 4000×4000 photo's first
+    step 4.64 → 6.21 GiB, README "Large batches on the CPU"). Hence ``default``: the benchmarks' ``restore_crops``
+    turn it on, the ``gdp`` command leaves glibc as it is. ``GDP_KEEP_FREED_MEMORY=1`` or ``=0`` in the
+    environment overrides ``default``. Does nothing off glibc, or where ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` is set in the environment (the user's own choice, which glibc has applied
+    already)."""
+    wanted = os.environ.get("GDP_KEEP_FREED_MEMORY", "1" if default else "0") != "0"
+    if not wanted or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     try:
         libc = ctypes.CDLL(None)

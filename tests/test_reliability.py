@@ -221,7 +221,7 @@ def test_a_long_restoration_says_how_long_it_will_take(capsys):
 _FAULTS = """
 import resource, sys, torch
 from gdp_lightning.resources import keep_freed_memory
-print(keep_freed_memory() if sys.argv[1] == "keep" else None)
+print(keep_freed_memory(default=sys.argv[1] == "keep"))
 for _ in range(10):  # a 64 MiB activation written and freed at every step; the heap settles in a few
     torch.ones(16 << 20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -240,11 +240,17 @@ def test_large_freed_blocks_are_reused_instead_of_faulted_in_again():
         return applied, int(count)
 
     pages = (64 << 20) // 4096
-    applied, default = faults("default", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None)
-    assert default >= 9 * pages  # glibc maps and unmaps each block: every step faults its pages in again
-    applied, kept = faults("keep", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None)
-    assert applied == "True" and kept < pages // 4  # the settled heap is reused
-    applied, chosen = faults("keep", MALLOC_MMAP_THRESHOLD_="33554432")  # the user's own setting wins
+    applied, default = faults("default", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None,
+                              GDP_KEEP_FREED_MEMORY=None)
+    assert applied == "False" and default >= 9 * pages  # glibc maps and unmaps each block: every step faults again
+    for mode, env in (("keep", None), ("default", "1")):  # asked for by the caller, or by the environment
+        applied, kept = faults(mode, MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None,
+                               GDP_KEEP_FREED_MEMORY=env)
+        assert applied == "True" and kept < pages // 4  # the settled heap is reused
+    applied, off = faults("keep", GDP_KEEP_FREED_MEMORY="0")
+    assert applied == "False" and off >= 9 * pages
+    # the user's own glibc setting wins
+    applied, chosen = faults("keep", MALLOC_MMAP_THRESHOLD_="33554432", GDP_KEEP_FREED_MEMORY=None)
     assert applied == "False" and chosen >= 9 * pages
 
 
