@@ -10,10 +10,9 @@ megapixel from 1 to 36 megapixels (about 240 bytes a pixel; README "Large images
 
 from __future__ import annotations
 
-from typing import Optional
-
 import ctypes
 import os
+from typing import Optional
 
 import torch
 
