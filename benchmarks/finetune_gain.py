@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
 from gdp_lightning.data import read_image
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
 
