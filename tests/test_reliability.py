@@ -233,24 +233,22 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator thresholds")
 def test_large_freed_blocks_are_reused_instead_of_faulted_in_again():
-    def faults(mode, **env):
+    def faults(mode, **env):  # the three variables unset unless given
+        env = {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None, "GDP_KEEP_FREED_MEMORY": None, **env}
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
                              env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
         applied, count = out.stdout.split()
         return applied, int(count)
 
     pages = (64 << 20) // 4096
-    applied, default = faults("default", MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None,
-                              GDP_KEEP_FREED_MEMORY=None)
+    applied, default = faults("default")
     assert applied == "False" and default >= 9 * pages  # glibc maps and unmaps each block: every step faults again
     for mode, env in (("keep", None), ("default", "1")):  # asked for by the caller, or by the environment
-        applied, kept = faults(mode, MALLOC_MMAP_THRESHOLD_=None, MALLOC_TRIM_THRESHOLD_=None,
-                               GDP_KEEP_FREED_MEMORY=env)
+        applied, kept = faults(mode, GDP_KEEP_FREED_MEMORY=env)
         assert applied == "True" and kept < pages // 4  # the settled heap is reused
     applied, off = faults("keep", GDP_KEEP_FREED_MEMORY="0")
     assert applied == "False" and off >= 9 * pages
-    # the user's own glibc setting wins
-    applied, chosen = faults("keep", MALLOC_MMAP_THRESHOLD_="33554432", GDP_KEEP_FREED_MEMORY=None)
+    applied, chosen = faults("keep", MALLOC_MMAP_THRESHOLD_="33554432")  # the user's own glibc setting wins
     assert applied == "False" and chosen >= 9 * pages
 
 
