@@ -334,11 +334,19 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--weights", choices=["ema", "trained"], default="ema",
                         help="of a gdp fit checkpoint: the EMA of the weights (default, where it has one) or the "
                         "trained weights themselves")
+    parser.add_argument("--base_weight", type=float, default=0.0, metavar="W",
+                        help="write (1 - W) * weights + W * the base prior's weights (weight-space interpolation "
+                        "toward the prior the fit started from: keeps more of its domain, less of the new one's "
+                        "detail); default 0")
+    parser.add_argument("--base", default=None, metavar="PRIOR",
+                        help="with --base_weight: the base prior's weights (default: the prior checkpoint the fit "
+                        "started from, as the checkpoint records it)")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="allow a checkpoint that needs arbitrary pickles (torch.load weights_only=False)")
     args = parser.parse_args(list(argv))
     path, info = export_checkpoint(args.checkpoint, args.output, dtype=getattr(torch, args.dtype),
-                                   trust_checkpoint=args.trust_checkpoint, weights=args.weights)
+                                   trust_checkpoint=args.trust_checkpoint, weights=args.weights,
+                                   base_weight=args.base_weight, base=args.base)
     print(f"wrote {path}: {info}")
     return 0
 

@@ -466,6 +466,39 @@ def test_export_in_half_precision_and_its_errors(tiny, photos, tmp_path, capfd):
     assert not (tmp_path / "y.pt").exists()
 
 
+def test_export_blends_with_the_starting_prior(tiny, photos, tmp_path, capfd):
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.lr", "1e-3", steps=3)
+    plain = tmp_path / "ema.pt"
+    assert main(["export", str(checkpoints / "last.ckpt"), str(plain)]) == 0
+    ema, base = torch.load(plain, weights_only=True), _prior_weights(tiny)
+    assert any(not torch.equal(ema[k], base[k]) for k in ema)  # the fit moved the weights
+    for share, how in ((0.25, []), (1.0, []), (0.5, ["--base", str(yaml.safe_load(tiny.read_text())["model"]["prior"]
+                                                                    ["checkpoint"])])):
+        out = tmp_path / f"blend{share}.pt"
+        assert main(["export", str(checkpoints / "last.ckpt"), str(out), "--base_weight", str(share), *how]) == 0
+        assert f"EMA weights blended with {share:g} of " in capfd.readouterr().out
+        blend = torch.load(out, weights_only=True)
+        assert list(blend) == list(ema)
+        for k in ema:
+            torch.testing.assert_close(blend[k], (1 - share) * ema[k] + share * base[k], rtol=0, atol=1e-6)
+        if share == 1.0:
+            assert all(torch.equal(blend[k], base[k]) for k in base)
+    # errors: a share outside [0, 1], a base of another architecture, a missing one, a plain state dict with no
+    # record of the prior it came from; nothing is written
+    other = tmp_path / "other.pt"
+    torch.save(create_model(**{**TINY, "num_channels": 2 * TINY["num_channels"]}).state_dict(), other)
+    cases = [(["--base_weight", "1.5"], "--base_weight 1.5: give the starting prior's share"),
+             (["--base_weight", "0.5", "--base", str(other)], "other.pt: is not the UNet of"),
+             (["--base_weight", "0.5", "--base", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint file")]
+    for options, message in cases:
+        assert main(["export", str(checkpoints / "last.ckpt"), str(tmp_path / "x.pt"), *options]) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("gdp: error: ") and message in err[0], err
+    assert main(["export", str(plain), str(tmp_path / "x.pt"), "--base_weight", "0.5"]) == 2
+    assert "records no starting prior to blend with; give its weights with --base" in capfd.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_predict_with_a_fit_checkpoint_uses_its_ema(tiny, photos, tmp_path, capfd):
     checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.lr", "1e-3", steps=4)
     outputs = {}

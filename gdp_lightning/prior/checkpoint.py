@@ -41,6 +41,7 @@ __all__ = [
     "export_state_dict",
     "save_state_dict",
     "export_checkpoint",
+    "blend_state_dicts",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -280,19 +281,41 @@ def save_state_dict(
     return path
 
 
+def blend_state_dicts(weights: Mapping[str, torch.Tensor], base: Any, base_weight: float, *,
+                      source: str = "base", target: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """(1 - base_weight) * weights + base_weight * (the UNet of ``base``), in float32, tensor by tensor; the two
+    UNets must have the same keys and shapes."""
+    base_sd = extract_unet_state_dict(base, source=source)
+    missing = [k for k in weights if k not in base_sd]
+    unexpected = [k for k in base_sd if k not in weights]
+    wrong = [k for k in weights if k in base_sd and base_sd[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
+        problems = [f"{len(keys)} {what} ({_listing(keys)})" for keys, what in
+                    ((missing, "keys it lacks"), (unexpected, "extra keys"), (wrong, "keys of other shapes")) if keys]
+        raise CheckpointError(f"{source}: is not the UNet of {target} ({'; '.join(problems)}); give the prior it "
+                              "was fine-tuned from with --base")
+    return {k: ((1.0 - base_weight) * v.float() + base_weight * base_sd[k].float()) if v.is_floating_point() else v
+            for k, v in weights.items()}
+
+
 def export_checkpoint(
     checkpoint: PathLike, output: PathLike, *, dtype: torch.dtype = torch.float32, trust_checkpoint: bool = False,
-    weights: str = "ema",
+    weights: str = "ema", base_weight: float = 0.0, base: Optional[PathLike] = None,
 ) -> Tuple[Path, str]:
     """Write the UNet of ``checkpoint`` (the EMA weights of a ``gdp fit`` checkpoint) as a plain guided-diffusion
     state dict at ``output``; returns the path and a one-line description.
 
     A ``gdp fit`` checkpoint records its prior: the weights are checked against the UNet of that prior (strictly,
     on the meta device) before anything is written. ``weights="trained"`` exports a fit checkpoint's trained
-    weights instead of their EMA.
+    weights instead of their EMA. ``base_weight`` w > 0 writes the weight-space interpolation
+    (1 - w) * weights + w * base, in float32, with the UNet of ``base`` (by default the prior checkpoint the fit
+    started from, as the checkpoint records it): a fine-tune pulled back toward its starting prior, which keeps
+    more of the prior's own domain and commits less to the new one's detail.
     """
     if weights not in ("ema", "trained"):
         raise CheckpointError(f"--weights {weights}: give ema or trained")
+    if not 0.0 <= base_weight <= 1.0:
+        raise CheckpointError(f"--base_weight {base_weight:g}: give the starting prior's share, from 0 to 1")
     obj = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, trust_option="gdp export --trust_checkpoint")
     fit = isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)
     if weights == "trained":
@@ -312,6 +335,20 @@ def export_checkpoint(
             with torch.device("meta"):
                 model = spec.build_unet()
             load_unet_weights(model, {k: v.to("meta") for k, v in state_dict.items()}, source=str(checkpoint))
+    if base_weight > 0:
+        if base is None:
+            recorded = ((obj.get("hyper_parameters") or {}).get("prior") or {}) if fit else {}
+            base = recorded.get("checkpoint") if isinstance(recorded, Mapping) else None
+            if not base:
+                raise CheckpointError(f"{checkpoint}: records no starting prior to blend with; give its weights "
+                                      "with --base")
+            if not Path(base).exists():
+                raise CheckpointError(f"{_missing(base)}, the prior {checkpoint} was fine-tuned from; give its "
+                                      "weights with --base")
+        state_dict = blend_state_dicts(state_dict, read_checkpoint(base, trust_checkpoint=trust_checkpoint,
+                                                                   trust_option="gdp export --trust_checkpoint"),
+                                       base_weight, source=str(base), target=str(checkpoint))
+        which += f" blended with {base_weight:g} of {base}"
     path = save_state_dict(state_dict, output, dtype=dtype)
     count = sum(v.numel() for v in state_dict.values())
     fits = matching_presets(state_dict)
