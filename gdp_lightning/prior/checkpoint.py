@@ -186,22 +186,24 @@ def _listing(items: List[str]) -> str:
     return shown + (", ..." if len(items) > _MAX_LISTED else "")
 
 
+def _mismatches(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
+                names: Tuple[str, str] = ("checkpoint", "model")) -> List[str]:
+    """How the keys and shapes of state dict ``got`` differ from ``expected``'s: counted and listed, one string per
+    kind (missing, unexpected, wrong shapes); empty where they agree. ``names``: what the shapes are called."""
+    want = {k: tuple(v.shape) for k, v in expected.items()}
+    have = {k: tuple(v.shape) for k, v in got.items()}
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    wrong = [f"{k}: {names[0]} {list(have[k])} vs {names[1]} {list(want[k])}" for k in want
+             if k in have and have[k] != want[k]]
+    return [f"{len(keys)} {what} ({_listing(keys)})" for keys, what in
+            ((missing, "missing keys"), (unexpected, "unexpected keys"), (wrong, "keys with wrong shapes")) if keys]
+
+
 def load_unet_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """Load strictly; on any mismatch raise one :class:`CheckpointError` that counts and lists it."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    wrong = [k for k in expected if k in got and got[k] != expected[k]]
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
-        if wrong:
-            shown = [f"{k}: checkpoint {list(got[k])} vs model {list(expected[k])}" for k in wrong]
-            problems.append(f"{len(wrong)} keys with wrong shapes ({_listing(shown)})")
+    problems = _mismatches(model.state_dict(), state_dict)
+    if problems:
         fits = matching_presets(state_dict)
         if fits:
             from .presets import PRESET_CONFIGS
@@ -286,12 +288,8 @@ def blend_state_dicts(weights: Mapping[str, torch.Tensor], base: Any, base_weigh
     """(1 - base_weight) * weights + base_weight * (the UNet of ``base``), in float32, tensor by tensor; the two
     UNets must have the same keys and shapes."""
     base_sd = extract_unet_state_dict(base, source=source)
-    missing = [k for k in weights if k not in base_sd]
-    unexpected = [k for k in base_sd if k not in weights]
-    wrong = [k for k in weights if k in base_sd and base_sd[k].shape != weights[k].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{len(keys)} {what} ({_listing(keys)})" for keys, what in
-                    ((missing, "keys it lacks"), (unexpected, "extra keys"), (wrong, "keys of other shapes")) if keys]
+    problems = _mismatches(weights, base_sd, names=("base", "fine-tuned"))
+    if problems:
         raise CheckpointError(f"{source}: is not the UNet of {target} ({'; '.join(problems)}); give the prior it "
                               "was fine-tuned from with --base")
     return {k: ((1.0 - base_weight) * v.float() + base_weight * base_sd[k].float()) if v.is_floating_point() else v
@@ -327,9 +325,9 @@ def export_checkpoint(
         raise CheckpointError(f"{checkpoint}: holds no guided-diffusion UNet (no {_ANCHOR}); give a gdp fit checkpoint "
                               "or a prior's state dict")
     which = "weights"
+    prior = (obj.get("hyper_parameters") or {}).get("prior") if fit else None  # what the fit started from
     if fit:
         which = "EMA weights" if any(k.startswith("ema_unet.") for k in obj["state_dict"]) else "trained weights"
-        prior = (obj.get("hyper_parameters") or {}).get("prior")
         if isinstance(prior, Mapping):
             spec = PriorSpec.from_dict(prior)
             with torch.device("meta"):
@@ -337,8 +335,7 @@ def export_checkpoint(
             load_unet_weights(model, {k: v.to("meta") for k, v in state_dict.items()}, source=str(checkpoint))
     if base_weight > 0:
         if base is None:
-            recorded = ((obj.get("hyper_parameters") or {}).get("prior") or {}) if fit else {}
-            base = recorded.get("checkpoint") if isinstance(recorded, Mapping) else None
+            base = prior.get("checkpoint") if isinstance(prior, Mapping) else None
             if not base:
                 raise CheckpointError(f"{checkpoint}: records no starting prior to blend with; give its weights "
                                       "with --base")
