@@ -11,9 +11,9 @@ run's temporary folder replaced by ``<root>``, and every tensor of ``.pt`` files
 (times, versions, the command line).
 
 Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``, and
-whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread; elsewhere
-the test is skipped with the reason. After a change that is meant to change outputs,
-remake the file: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
+whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread, so the file
+holds one record per such platform; on a platform without one the test is skipped with the reason. After a change
+that is meant to change outputs, remake this platform's record: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
 """
 
 from __future__ import annotations
@@ -83,11 +83,34 @@ def folder_hashes(folder: Path, root: Path) -> Dict[str, str]:
             if p.is_file() and p.name not in NOT_HASHED}
 
 
-def expected(run: str) -> Dict[str, str]:
+def records() -> List[Dict]:
+    """The recorded runs, one record per platform: ``{"records": [{"platform": ..., "runs": ...}, ...]}``."""
     data = json.loads(HASHES.read_text()) if HASHES.is_file() else {}
-    if not UPDATE and data.get("platform") != platform():
-        pytest.skip(f"output hashes were recorded on {data.get('platform')}, this is {platform()}")
-    return data.get("runs", {}).get(run, {})
+    return data.get("records", [])
+
+
+def expected(run: str) -> Dict[str, str]:
+    """``run``'s recorded hashes on this platform; skips the test where this platform has no record."""
+    if UPDATE:
+        return {}
+    here = platform()
+    for r in records():
+        if r["platform"] == here:
+            return r["runs"].get(run, {})
+    pytest.skip(f"output hashes were recorded on {[r['platform'] for r in records()]}, this is {here}")
+
+
+def record(run: str, got: Dict[str, str]) -> None:
+    """Store ``got`` as ``run``'s hashes on this platform, leaving the other platforms' records as they are."""
+    here, kept = platform(), records()
+    mine = next((r for r in kept if r["platform"] == here), None)
+    if mine is None:
+        mine = {"platform": here, "runs": {}}
+        kept.append(mine)
+    mine["runs"][run] = got
+    kept.sort(key=lambda r: json.dumps(r["platform"], sort_keys=True))
+    HASHES.parent.mkdir(parents=True, exist_ok=True)
+    HASHES.write_text(json.dumps({"records": kept}, indent=1, sort_keys=True) + "\n")
 
 
 def check(run: str, folder: Path, root: Path) -> None:
@@ -95,11 +118,7 @@ def check(run: str, folder: Path, root: Path) -> None:
     got = folder_hashes(folder, root)
     assert got, f"{run}: no outputs in {folder}"
     if UPDATE:
-        data = json.loads(HASHES.read_text()) if HASHES.is_file() else {}
-        data["platform"] = platform()
-        data.setdefault("runs", {})[run] = got
-        HASHES.parent.mkdir(parents=True, exist_ok=True)
-        HASHES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        record(run, got)
         return
     want = expected(run)
     assert want, f"{run}: no recorded hashes in {HASHES}"
