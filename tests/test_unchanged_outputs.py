@@ -11,7 +11,7 @@ run's temporary folder replaced by ``<root>``, and every tensor of ``.pt`` files
 (times, versions, the command line).
 
 Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``, and
-whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread, so the file
+whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread, and how its kernels round (``kernel_fingerprint``), so the file
 holds one record per such platform; on a platform without one the test is skipped with the reason. After a change
 that is meant to change outputs, remake this platform's record: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
 """
@@ -49,10 +49,55 @@ QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
 NOT_HASHED = {"run.json", "run.yaml"}
 
 
+def kernel_fingerprint() -> str:
+    """The SHA-256 (first 16 hex digits) of what this machine's float32 kernels compute for a fixed little network
+    written in plain torch (a grouped 9x9 blur, 3x3 and 1x1 convolutions, GroupNorm, SiLU, a linear layer, softmax
+    attention, nearest upsampling at the tiny UNet's sizes) and of its gradients, on one thread. Two machines with the same torch and kernel set can still
+    round differently (oneDNN and MKL pick code paths by more than the instruction set); this tells them apart. It
+    depends on torch and the machine only, never on this project's code, so a change to the project cannot
+    move a run onto another record."""
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        weights = [torch.randn(32, 3, 3, 3, generator=g) * 0.2, torch.randn(64, 32, 3, 3, generator=g) * 0.1,
+                   torch.randn(192, 64, 1, generator=g) * 0.1, torch.randn(16, 64, generator=g),
+                   torch.randn(1, 1, 9, 9, generator=g) / 81]
+        for w in weights:
+            w.requires_grad_(True)
+        x = torch.randn(2, 3, 32, 32, generator=g)
+        # a per-image blur as a grouped convolution, as the blur operators apply their (learned) kernels
+        x = F.conv2d(F.pad(x, (4, 4, 4, 4), mode="reflect").reshape(1, 6, 40, 40),
+                     weights[4].expand(6, 1, 9, 9), groups=6).reshape(2, 3, 32, 32)
+        for w in weights[:2]:
+            x = F.silu(F.group_norm(F.conv2d(x, w, padding=1), 8))
+            x = F.avg_pool2d(x, 2)
+        b, c, h, w = x.shape
+        q, k, v = F.conv1d(x.reshape(b, c, h * w), weights[2]).chunk(3, dim=1)
+        attn = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / c ** 0.5, dim=-1)
+        x = x + torch.einsum("bts,bcs->bct", attn, v).reshape(b, c, h, w)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        out = F.linear(x.mean(dim=(2, 3)), weights[3]) + x.square().mean()
+        grads = torch.autograd.grad(out.square().sum(), weights)
+    finally:
+        torch.set_num_threads(threads)
+    digest = hashlib.sha256(out.detach().numpy().tobytes())
+    for grad in grads:
+        digest.update(grad.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def platform() -> Dict[str, str]:
-    """What bit-identity depends on (and the precision ``--model.precision auto`` picks on this CPU)."""
+    """What bit-identity depends on: torch, the CPU kernel set and how its kernels round, and the precision
+    ``--model.precision auto`` picks on this CPU."""
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "auto_precision": auto_precision(torch.device("cpu"))[0]}
+            "auto_precision": auto_precision(torch.device("cpu"))[0], "kernels": kernel_fingerprint()}
+
+
+def matches(recorded: Dict[str, str], here: Dict[str, str]) -> bool:
+    """A record made on ``recorded`` holds here when every property it records is the same here (a record made
+    before a property was recorded leaves it open)."""
+    return all(here.get(key) == value for key, value in recorded.items())
 
 
 def file_hash(path: Path, root: Path) -> str:
@@ -95,18 +140,21 @@ def expected(run: str) -> Dict[str, str]:
         return {}
     here = platform()
     for r in records():
-        if r["platform"] == here:
+        if matches(r["platform"], here):
             return r["runs"].get(run, {})
     pytest.skip(f"output hashes were recorded on {[r['platform'] for r in records()]}, this is {here}")
 
 
 def record(run: str, got: Dict[str, str]) -> None:
-    """Store ``got`` as ``run``'s hashes on this platform, leaving the other platforms' records as they are."""
-    here, kept = platform(), records()
-    mine = next((r for r in kept if r["platform"] == here), None)
+    """Store ``got`` as ``run``'s hashes on this platform (replacing the record that held here), leaving the
+    other platforms' records as they are."""
+    here = platform()
+    kept = records()
+    mine = next((r for r in kept if matches(r["platform"], here)), None)
     if mine is None:
         mine = {"platform": here, "runs": {}}
         kept.append(mine)
+    mine["platform"] = here
     mine["runs"][run] = got
     kept.sort(key=lambda r: json.dumps(r["platform"], sort_keys=True))
     HASHES.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +172,17 @@ def check(run: str, folder: Path, root: Path) -> None:
     assert want, f"{run}: no recorded hashes in {HASHES}"
     changed = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     assert not changed, f"{run}: outputs changed: {changed}"
+
+
+def test_a_record_holds_where_every_property_it_records_is_the_same():
+    here = {"torch": "2.14.1", "cpu_capability": "AVX2", "auto_precision": "fp32", "kernels": "664539b4e1534a92"}
+    assert matches(dict(here), here)
+    assert matches({k: v for k, v in here.items() if k != "kernels"}, here)  # recorded before fingerprints
+    assert not matches({**here, "kernels": "0" * 16}, here)  # same instruction set, other rounding
+    assert not matches({**here, "cpu_capability": "AVX512"}, here)
+    first = kernel_fingerprint()
+    assert len(first) == 16 and first == kernel_fingerprint()
+    assert platform()["kernels"] == first
 
 
 @pytest.fixture(scope="module")
