@@ -11,13 +11,15 @@ run's temporary folder replaced by ``<root>``, and every tensor of ``.pt`` files
 (times, versions, the command line).
 
 Bit-identity holds for one build of torch on one CPU kernel set (``torch.backends.cpu.get_cpu_capability()``, and
-whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread, and how its kernels round (``kernel_fingerprint``), so the file
-holds one record per such platform; on a platform without one the test is skipped with the reason. After a change
-that is meant to change outputs, remake this platform's record: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
+whether the CPU computes bfloat16, which decides ``--model.precision auto``) with one intra-op thread, and for how
+its kernels round (``kernel_fingerprint``), so the file holds one record per such platform; on a platform without
+one the test is skipped with the reason. After a change that is meant to change outputs, remake this platform's
+record: ``GDP_UPDATE_OUTPUT_HASHES=1 python -m pytest tests/test_unchanged_outputs.py tests/test_ddp.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,13 +51,14 @@ QUIET = ["--model.progress", "false", "--trainer.enable_progress_bar", "false",
 NOT_HASHED = {"run.json", "run.yaml"}
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_fingerprint() -> str:
     """The SHA-256 (first 16 hex digits) of what this machine's float32 kernels compute for a fixed little network
     written in plain torch (a grouped 9x9 blur, 3x3 and 1x1 convolutions, GroupNorm, SiLU, a linear layer, softmax
-    attention, nearest upsampling at the tiny UNet's sizes) and of its gradients, on one thread. Two machines with the same torch and kernel set can still
-    round differently (oneDNN and MKL pick code paths by more than the instruction set); this tells them apart. It
-    depends on torch and the machine only, never on this project's code, so a change to the project cannot
-    move a run onto another record."""
+    attention, nearest upsampling at the tiny UNet's sizes) and of its gradients, on one thread; computed once per
+    process. Two machines with the same torch and kernel set can still round differently (oneDNN and MKL pick code
+    paths by more than the instruction set); this tells them apart. It depends on torch and the machine only, never
+    on this project's code, so a change to the project cannot move a run onto another record."""
     g = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -138,18 +141,17 @@ def expected(run: str) -> Dict[str, str]:
     """``run``'s recorded hashes on this platform; skips the test where this platform has no record."""
     if UPDATE:
         return {}
-    here = platform()
-    for r in records():
+    here, recorded = platform(), records()
+    for r in recorded:
         if matches(r["platform"], here):
             return r["runs"].get(run, {})
-    pytest.skip(f"output hashes were recorded on {[r['platform'] for r in records()]}, this is {here}")
+    pytest.skip(f"output hashes were recorded on {[r['platform'] for r in recorded]}, this is {here}")
 
 
 def record(run: str, got: Dict[str, str]) -> None:
     """Store ``got`` as ``run``'s hashes on this platform (replacing the record that held here), leaving the
     other platforms' records as they are."""
-    here = platform()
-    kept = records()
+    here, kept = platform(), records()
     mine = next((r for r in kept if matches(r["platform"], here)), None)
     if mine is None:
         mine = {"platform": here, "runs": {}}
@@ -181,7 +183,7 @@ def test_a_record_holds_where_every_property_it_records_is_the_same():
     assert not matches({**here, "kernels": "0" * 16}, here)  # same instruction set, other rounding
     assert not matches({**here, "cpu_capability": "AVX512"}, here)
     first = kernel_fingerprint()
-    assert len(first) == 16 and first == kernel_fingerprint()
+    assert len(first) == 16 and first == kernel_fingerprint.__wrapped__()  # computed afresh: the same bits
     assert platform()["kernels"] == first
 
 
