@@ -4,19 +4,23 @@ them, for fine-tuning (``data/documents/train``), 64×64 crops to choose fine-tu
 (``data/demo``: the first held-out crop of each held-out passage).
 
     .venv/bin/python benchmarks/document_data.py      # needs matplotlib (its bundled DejaVu and STIX fonts)
+    .venv/bin/python benchmarks/document_data.py --font-sizes 16 24 --out logs/documents16   # larger type
 
-A page is one passage of ``TEXTS`` set in one of the fonts at a drawn size, dark ink on paper of a drawn tone with
-a gentle shading, rendered at 4× and reduced with an antialiased (box) filter, then turned by a small drawn angle,
-as a page lies on a scanner. The training, tuning and held-out pages are set from different passages
-(``TRAIN_TEXTS``, ``TUNE_TEXTS``, ``HELDOUT_TEXTS``): no line of text, and so no crop, is in two of them
+A page is one passage of ``TEXTS`` set in one of the fonts at a drawn size (``--font-sizes``, default 7 to 12
+pixels: lowercase letters about 4 to 7 pixels tall, 1 to 2 in an SR×4 observation of a crop), dark ink on paper
+of a drawn tone with a gentle shading, rendered at 4× and reduced with an antialiased (box) filter, then turned by
+a small drawn angle, as a page lies on a scanner. The training, tuning and held-out pages are set from different
+passages (``TRAIN_TEXTS``, ``TUNE_TEXTS``, ``HELDOUT_TEXTS``): no line of text, and so no crop, is in two of them
 (``tests/test_finetune.py`` checks the split). Settings of a fine-tuning recipe are compared on the tuning crops
 (``benchmarks/finetune_sweep.py``), and only the chosen recipe is scored on the held-out ones. Each tuning or
 held-out page gives 4 crops at drawn positions; a crop that is almost blank (standard deviation below 0.08) is
-drawn again. Everything is seeded: a rerun writes the same files.
+drawn again. Everything is seeded: a rerun writes the same files. ``--out`` writes the three sets elsewhere (and
+no demo samples), e.g. a variant of the domain at other ``--font-sizes``.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import textwrap
 from pathlib import Path
@@ -29,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "documents"
 DEMO = ROOT / "data" / "demo"
 PAGE, ZOOM, CROP, CROPS_PER_PAGE = 256, 4, 64, 4
+FONT_SIZES = (7.0, 12.0)  # the font size in final pixels (x-height about half of it)
 FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf", "DejaVuSans-Bold.ttf",
          "STIXGeneralItalic.ttf")
 
@@ -117,10 +122,10 @@ def font_path(name: str) -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
 
 
-def render_page(text: str, rng: random.Random) -> Image.Image:
-    """One page (RGB, ``PAGE``² pixels) of ``text`` in a drawn font, size, ink, paper and angle."""
+def render_page(text: str, rng: random.Random, sizes=FONT_SIZES) -> Image.Image:
+    """One page (RGB, ``PAGE``² pixels) of ``text`` in a drawn font, size (from ``sizes``), ink, paper and angle."""
     big = PAGE * ZOOM
-    size = rng.uniform(7.0, 12.0) * ZOOM  # the font's size in final pixels: x-height of about 4 to 7 pixels
+    size = rng.uniform(*sizes) * ZOOM
     font = ImageFont.truetype(str(font_path(rng.choice(FONTS))), round(size))
     paper = np.array([rng.uniform(225, 250)] * 3) + np.array([rng.uniform(0, 8), rng.uniform(0, 5), 0])
     ink = rng.uniform(10, 70)
@@ -144,18 +149,18 @@ def render_page(text: str, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def pages(names, per_text: int, seed: int):
+def pages(names, per_text: int, seed: int, sizes=FONT_SIZES):
     rng = random.Random(seed)
     for name in names:
         for k in range(per_text):
-            yield f"{name}_{k}", render_page(TEXTS[name], rng)
+            yield f"{name}_{k}", render_page(TEXTS[name], rng, sizes)
 
 
-def write_crops(folder: Path, names, seed: int) -> int:
+def write_crops(folder: Path, names, seed: int, sizes=FONT_SIZES) -> int:
     """``CROPS_PER_PAGE`` crops of each of ``HELDOUT_PAGES_PER_TEXT`` pages per passage; returns their count."""
     rng = np.random.default_rng(seed)
     count = 0
-    for name, page in pages(names, HELDOUT_PAGES_PER_TEXT, seed=seed):
+    for name, page in pages(names, HELDOUT_PAGES_PER_TEXT, seed=seed, sizes=sizes):
         array = np.asarray(page)
         for k in range(CROPS_PER_PAGE):
             while True:
@@ -169,23 +174,32 @@ def write_crops(folder: Path, names, seed: int) -> int:
 
 
 def main() -> None:
-    train, tune, heldout = OUT / "train", OUT / "tune", OUT / "heldout"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--font-sizes", type=float, nargs=2, default=list(FONT_SIZES), metavar=("LOW", "HIGH"),
+                        help="the range the pages' font sizes are drawn from, in pixels (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the folder of the three sets (default %(default)s; "
+                        "the demo samples are written only with it)")
+    args = parser.parse_args()
+    sizes, out = tuple(args.font_sizes), args.out
+    train, tune, heldout = out / "train", out / "tune", out / "heldout"
     for folder in (train, tune, heldout):
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.png"):
             old.unlink()
-    for name, page in pages(TRAIN_TEXTS, TRAIN_PAGES_PER_TEXT, seed=1):
+    for name, page in pages(TRAIN_TEXTS, TRAIN_PAGES_PER_TEXT, seed=1, sizes=sizes):
         page.save(train / f"{name}.png", optimize=True)
-    count = write_crops(heldout, HELDOUT_TEXTS, seed=2)
-    tuning = write_crops(tune, TUNE_TEXTS, seed=3)
+    count = write_crops(heldout, HELDOUT_TEXTS, seed=2, sizes=sizes)
+    tuning = write_crops(tune, TUNE_TEXTS, seed=3, sizes=sizes)
+    print(f"{len(list(train.glob('*.png')))} training pages in {train}, {tuning} tuning crops in {tune}, "
+          f"{count} held-out crops in {heldout}")
+    if out.resolve() != OUT.resolve():
+        return
     DEMO.mkdir(parents=True, exist_ok=True)
     for old in DEMO.glob("*.png"):
         old.unlink()
     for name in HELDOUT_TEXTS:
         (DEMO / f"{name}.png").write_bytes((heldout / f"{name}_0_0.png").read_bytes())
-    print(f"{len(list(train.glob('*.png')))} training pages in {train}, {tuning} tuning crops in {tune}, "
-          f"{count} held-out crops in {heldout}, "
-          f"{len(HELDOUT_TEXTS)} demo samples in {DEMO}")
+    print(f"{len(HELDOUT_TEXTS)} demo samples in {DEMO}")
 
 
 if __name__ == "__main__":

@@ -846,6 +846,48 @@ def test_document_training_tuning_and_heldout_sets_are_disjoint_by_construction(
                 assert i is None or not np.array_equal(page[y:y + size, x:x + size], crops[i]), path
 
 
+def test_document_data_rewrites_the_shipped_domain_and_writes_variants_elsewhere(tmp_path, monkeypatch):
+    """benchmarks/document_data.py with its defaults sets the pixels of data/documents again (make demo-prior
+    rebuilds from them); ``--out`` with other ``--font-sizes`` writes a variant of the three sets there, set in larger
+    type, and leaves data/demo alone."""
+    pytest.importorskip("matplotlib")
+    docs = _document_data()
+    demo = {p.name: p.read_bytes() for p in (REPO / "data" / "demo").glob("*.png")}
+
+    def write(*args: str) -> None:
+        monkeypatch.setattr("sys.argv", ["document_data.py", *args])
+        docs.main()
+
+    def pixels(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB"))
+
+    write("--out", str(tmp_path / "same"))
+    for split in ("train", "tune", "heldout"):
+        shipped = sorted((REPO / "data" / "documents" / split).glob("*.png"))
+        again = sorted((tmp_path / "same" / split).glob("*.png"))
+        assert [p.name for p in again] == [p.name for p in shipped]
+        for a, b in zip(again, shipped):
+            assert np.array_equal(pixels(a), pixels(b)), a.name
+    write("--font-sizes", "16", "24", "--out", str(tmp_path / "large"))
+    assert {p.name: p.read_bytes() for p in (REPO / "data" / "demo").glob("*.png")} == demo
+
+    def stroke_length(folder: Path) -> float:
+        """the mean length of the vertical runs of ink (pixels darker than two thirds of the paper) in a set"""
+        ink = runs = 0
+        for path in folder.glob("*.png"):
+            dark = np.pad(pixels(path).mean(-1) < 0.67 * np.median(pixels(path)), ((1, 0), (0, 0)))
+            ink += dark.sum()
+            runs += (np.diff(dark.astype(np.int8), axis=0) == 1).sum()  # where a run starts
+        return ink / runs
+
+    for split in ("train", "tune", "heldout"):
+        assert len(list((tmp_path / "large" / split).glob("*.png"))) == \
+            len(list((REPO / "data" / "documents" / split).glob("*.png")))
+        # about twice the type size: vertical ink runs 1.6 to 1.7 times as long (the same type: 1)
+        ratio = stroke_length(tmp_path / "large" / split) / stroke_length(REPO / "data" / "documents" / split)
+        assert 1.3 < ratio < 3.0, (split, ratio)
+
+
 def test_imagenet256_finetune_config_resolves(capfd):
     with pytest.raises(SystemExit) as done:  # --print_config prints and exits
         main(["fit", "--config", str(REPO / "configs/prior/imagenet256.yaml"), "--config",
