@@ -875,7 +875,8 @@ def test_document_data_rewrites_the_shipped_domain_and_writes_variants_elsewhere
         """the mean length of the vertical runs of ink (pixels darker than two thirds of the paper) in a set"""
         ink = runs = 0
         for path in folder.glob("*.png"):
-            dark = np.pad(pixels(path).mean(-1) < 0.67 * np.median(pixels(path)), ((1, 0), (0, 0)))
+            image = pixels(path)
+            dark = np.pad(image.mean(-1) < 0.67 * np.median(image), ((1, 0), (0, 0)))
             ink += dark.sum()
             runs += (np.diff(dark.astype(np.int8), axis=0) == 1).sum()  # where a run starts
         return ink / runs
