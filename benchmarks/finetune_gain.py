@@ -91,11 +91,11 @@ def main() -> None:
                                                        observation=observation, **sampler)
         scores = {name: (psnr(images, clean), ssim(images, clean)) for name, images in results.items()}
         diff = scores["tuned"][0] - scores["base"][0]
+        gains[label] = float(diff.mean())
         error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
         cells = [f"{float(p.mean()):.2f} / {float(s.mean()):.3f}" for p, s in scores.values()]
-        print(f"| {label} | {cells[0]} | {cells[1]} | {float(diff.mean()):+.2f} ± {error:.2f} | "
+        print(f"| {label} | {cells[0]} | {cells[1]} | {gains[label]:+.2f} ± {error:.2f} | "
               f"{time.perf_counter() - start:.0f} |", flush=True)
-        gains[label] = float(diff.mean())
         if task in ("sr4", "deblur") and factor == args.scale_factors[0]:
             columns[task] = (shown(observation, clean.shape[-2:]), results["base"], results["tuned"])
     if len(args.scale_factors) == 1:

@@ -801,8 +801,9 @@ def test_demo_config_runs_end_to_end(tmp_path, capfd, monkeypatch):
     assert list(logs.rglob("events.out.tfevents.*"))
 
 
-def _document_data():
-    spec = importlib.util.spec_from_file_location("document_data", REPO / "benchmarks" / "document_data.py")
+def _benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -812,7 +813,7 @@ def test_document_training_tuning_and_heldout_sets_are_disjoint_by_construction(
     """The document domain (data/documents): the training pages, the tuning crops (settings are compared on them)
     and the held-out crops (the chosen recipe is scored on them) are set from three disjoint groups of passages,
     file by file; no two groups share a run of five words, and no crop is a region of a training page."""
-    docs = _document_data()
+    docs = _benchmark("document_data")
     groups = {"train": docs.TRAIN_TEXTS, "tune": docs.TUNE_TEXTS, "heldout": docs.HELDOUT_TEXTS}
     assert sum(len(g) for g in groups.values()) == len(set().union(*groups.values())) == len(docs.TEXTS)
 
@@ -851,7 +852,7 @@ def test_document_data_rewrites_the_shipped_domain_and_writes_variants_elsewhere
     rebuilds from them); ``--out`` with other ``--font-sizes`` writes a variant of the three sets there, set in larger
     type, and leaves data/demo alone."""
     pytest.importorskip("matplotlib")
-    docs = _document_data()
+    docs = _benchmark("document_data")
     demo = {p.name: p.read_bytes() for p in (REPO / "data" / "demo").glob("*.png")}
 
     def write(*args: str) -> None:
@@ -902,17 +903,10 @@ def test_imagenet256_finetune_config_resolves(capfd):
     assert config["model"]["prior"]["unet"]["image_size"] == 256
 
 
-def _finetune_gain():
-    spec = importlib.util.spec_from_file_location("finetune_gain", REPO / "benchmarks" / "finetune_gain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_finetune_gain_bar():
     """The bar benchmarks/finetune_gain.py ends with: at least 0.5 dB on two tasks, no loss beyond 0.1 dB; the
     boundaries count as cleared."""
-    verdict = _finetune_gain().verdict
+    verdict = _benchmark("finetune_gain").verdict
     assert verdict({"sr4": -0.07, "deblur": 1.17, "inpaint": 0.78, "colorize": 3.46}).startswith(
         "pays: 3 of 4 tasks gain at least 0.5 dB (colorize, deblur, inpaint; 2 needed), the worst is sr4 at -0.07 dB")
     assert verdict({"sr4": -0.1, "deblur": 0.5, "inpaint": 0.5, "colorize": 0.0}).startswith("pays: 2 of 4")
@@ -926,7 +920,7 @@ def test_finetune_gain_restores_both_priors_with_the_same_seeds(tmp_path, monkey
     """benchmarks/finetune_gain.py end to end on two held-out document crops: the base prior scored against itself
     gains exactly nothing (same observation, same seeds, same sampler settings for both priors), the demo prior
     scores otherwise, and the figure holds observation, both restorations and the ground truth per crop."""
-    gain = _finetune_gain()
+    gain = _benchmark("finetune_gain")
     crops = tmp_path / "crops"
     crops.mkdir()
     for path in sorted((REPO / "data" / "documents" / "heldout").glob("*.png"))[:2]:
