@@ -16,14 +16,16 @@ computes what is missing. Prints, per evaluated prior, the mean PSNR gain over s
 task (± the standard error of the per-crop differences) and the mean PSNR change on the photos.
 
 The variants (``VARIANTS``) change one setting of the reference recipe (``REFERENCE``: the documents recipe with
-lr 1e-4 and an EMA of decay 0.9999 with warm-up, the former demo prior's): the reference itself for 1400 steps
+lr 1e-4, an EMA of decay 0.9999 with warm-up and training crops of regions of 1 to 2 times the prior's size,
+``train_scales [0.5, 1]``, an earlier demo prior's): the reference itself for 1400 steps
 (evaluated at 200 to 1400 steps; at 1000 steps also exported with its trained weights instead of their EMA),
 learning rates 3e-5 and 3e-4, an EMA of decay 0.999 without the warm-up, 25 % and 50 % of the crops replayed
 from skimage64's own training photos (``benchmarks/skimage_photos.py`` writes them), training only the attention
 blocks and the output head or only the decoder (``output_blocks``) and the head, and rank-8 low-rank adapters on
 the 1×1 convolutions or on every convolution and linear layer (learning rate 1e-3). ``demo`` is the demo prior's
 recipe as ``configs/finetune_documents.yaml`` has it (400 steps at lr 2e-4, the EMA of decay 0.9975 without
-warm-up).
+warm-up, training crops at the scale the pages are restored at, ``train_scales [1, 1]``), and ``demo-scales0.5``
+the same with the reference's ``train_scales [0.5, 1]`` (the previous demo prior's recipe).
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ RECIPE = ["--config", "configs/prior/skimage64.yaml", "--config", "configs/task/
           "--model.training.baseline_validation", "false", "--trainer.enable_progress_bar", "false"]
 #: the reference every variant but ``demo`` changes one setting of (the documents recipe before it was shortened)
 REFERENCE = ["--model.training.lr", "1e-4", "--model.training.ema_decay", "0.9999", "--model.training.ema_warmup",
-             "true"]
+             "true", "--data.train_scales", "[0.5, 1.0]"]
 LORA = ["--model.training.lora_rank", "8", "--model.training.lr", "1e-3"]
-#: name: (gdp fit options beside REFERENCE's, optimizer steps of the fit, the steps to evaluate); None: the
-#: recipe as configs/finetune_documents.yaml has it, without REFERENCE
+#: name: (gdp fit options beside REFERENCE's, or for the variants in DEMO beside the recipe as
+#: configs/finetune_documents.yaml has it, optimizer steps of the fit, the steps to evaluate)
 VARIANTS: Dict[str, tuple] = {
-    "demo": (None, 400, (400,)),
+    "demo": ([], 400, (400,)),
+    "demo-scales0.5": (["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
     "recipe": ([], 1400, (200, 400, 600, 1000, 1400)),
     "lr3e-5": (["--model.training.lr", "3e-5"], 1000, (1000,)),
     "lr3e-4": (["--model.training.lr", "3e-4"], 1000, (1000,)),
@@ -69,6 +72,8 @@ VARIANTS: Dict[str, tuple] = {
     "lora8": (LORA, 1000, (1000,)),
     "lora8-all": (LORA + ["--model.training.lora_targets", "[conv, linear]"], 1000, (1000,)),
 }
+#: the variants of the demo recipe itself rather than of REFERENCE
+DEMO = {"demo", "demo-scales0.5"}
 #: the evaluation points that also get their trained weights (not the EMA) exported
 TRAINED = {("recipe", 1000)}
 
@@ -83,7 +88,7 @@ def checkpoint_at(run: Path, step: int) -> Path:
 def fit(name: str, runs: Path) -> float:
     """Run the variant's fit unless its last checkpoint is there; returns its seconds (0 when it was there)."""
     options, steps, _ = VARIANTS[name]
-    options = [] if options is None else REFERENCE + options
+    options = list(options) if name in DEMO else REFERENCE + list(options)
     run = runs / name
     if list(run.glob(f"checkpoints/*step={steps}.ckpt")):
         return 0.0
@@ -92,7 +97,8 @@ def fit(name: str, runs: Path) -> float:
     argv = [str(GDP), "fit", *RECIPE, *options, "--trainer.max_steps", str(steps),
             "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", ".",
             "--trainer.logger.init_args.version", name]
-    print(f"fit {name}: {' '.join(options) or 'the demo recipe'}, {steps} steps", flush=True)
+    recipe = "the demo recipe" if name in DEMO else "the reference"
+    print(f"fit {name}: {recipe} {' '.join(options)}, {steps} steps", flush=True)
     start = time.perf_counter()
     subprocess.run(argv, cwd=REPO, check=True)
     return time.perf_counter() - start

@@ -903,6 +903,31 @@ def test_imagenet256_finetune_config_resolves(capfd):
     assert config["model"]["prior"]["unet"]["image_size"] == 256
 
 
+def test_finetune_sweep_runs_each_variant_with_its_own_settings(tmp_path, monkeypatch, capfd):
+    """benchmarks/finetune_sweep.py's fits, resolved by the CLI as it would run them: ``demo`` is the recipe of
+    configs/finetune_documents.yaml as it stands (crops at the scale they are restored at), ``demo-scales0.5`` the
+    same with regions of 1 to 2 times the prior's size, and the reference and its variants keep the reference's
+    settings (lr 1e-4, EMA 0.9999 with warm-up, train_scales [0.5, 1]) beside the one they change."""
+    sweep = _benchmark("finetune_sweep")
+    runs = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: runs.append(argv))
+    names = ["demo", "demo-scales0.5", "recipe", "lr3e-5"]
+    for name in names:
+        sweep.fit(name, tmp_path)
+    resolved = {}
+    monkeypatch.chdir(REPO)  # the recipe's configs are named relative to the repository
+    for name, argv in zip(names, runs):
+        assert argv[1] == "fit" and argv[argv.index("--trainer.logger.init_args.version") + 1] == name
+        with pytest.raises(SystemExit) as done:
+            main([*argv[1:], "--print_config"])
+        assert done.value.code == 0
+        config = yaml.safe_load(capfd.readouterr().out)
+        resolved[name] = (config["data"]["train_scales"], config["model"]["training"]["lr"],
+                          config["model"]["training"]["ema_decay"], config["trainer"]["max_steps"])
+    assert resolved == {"demo": ([1.0, 1.0], 2e-4, 0.9975, 400), "demo-scales0.5": ([0.5, 1.0], 2e-4, 0.9975, 400),
+                        "recipe": ([0.5, 1.0], 1e-4, 0.9999, 1400), "lr3e-5": ([0.5, 1.0], 3e-5, 0.9999, 1000)}
+
+
 def test_finetune_gain_bar():
     """The bar benchmarks/finetune_gain.py ends with: at least 0.5 dB on two tasks, no loss beyond 0.1 dB; the
     boundaries count as cleared."""
