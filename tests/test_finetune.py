@@ -907,7 +907,8 @@ def test_finetune_sweep_runs_each_variant_with_its_own_settings(tmp_path, monkey
     """benchmarks/finetune_sweep.py's fits, resolved by the CLI as it would run them: ``demo`` is the recipe of
     configs/finetune_documents.yaml as it stands (crops at the scale they are restored at), ``demo-scales0.5`` the
     same with regions of 1 to 2 times the prior's size, and the reference and its variants keep the reference's
-    settings (lr 1e-4, EMA 0.9999 with warm-up, train_scales [0.5, 1]) beside the one they change."""
+    settings (lr 1e-4, EMA 0.9999 with warm-up, train_scales [0.5, 1]) beside the one they change; all train in
+    fp32 on every machine, as the measured priors were."""
     sweep = _benchmark("finetune_sweep")
     runs = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: runs.append(argv))
@@ -923,9 +924,12 @@ def test_finetune_sweep_runs_each_variant_with_its_own_settings(tmp_path, monkey
         assert done.value.code == 0
         config = yaml.safe_load(capfd.readouterr().out)
         resolved[name] = (config["data"]["train_scales"], config["model"]["training"]["lr"],
-                          config["model"]["training"]["ema_decay"], config["trainer"]["max_steps"])
-    assert resolved == {"demo": ([1.0, 1.0], 2e-4, 0.9975, 400), "demo-scales0.5": ([0.5, 1.0], 2e-4, 0.9975, 400),
-                        "recipe": ([0.5, 1.0], 1e-4, 0.9999, 1400), "lr3e-5": ([0.5, 1.0], 3e-5, 0.9999, 1000)}
+                          config["model"]["training"]["ema_decay"], config["trainer"]["max_steps"],
+                          config["trainer"]["precision"])
+    assert resolved == {"demo": ([1.0, 1.0], 2e-4, 0.9975, 400, "32-true"),
+                        "demo-scales0.5": ([0.5, 1.0], 2e-4, 0.9975, 400, "32-true"),
+                        "recipe": ([0.5, 1.0], 1e-4, 0.9999, 1400, "32-true"),
+                        "lr3e-5": ([0.5, 1.0], 3e-5, 0.9999, 1000, "32-true")}
 
 
 def test_finetune_gain_bar():
