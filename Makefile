@@ -20,14 +20,15 @@ demo: install
 
 # how data/demo_prior.pt was made: fine-tune skimage64 on the document pages of data/documents/train (written again
 # by benchmarks/document_data.py, byte for byte) with the recipe of configs/finetune_documents.yaml, export the EMA
-# weights. The run's folder is made afresh: its logs
+# weights. Fit validates with the demo's task, deblurring (the task's operator is all a fit takes from it: the
+# export has the same bytes with configs/task/sr4.yaml). The run's folder is made afresh: its logs
 # and last.ckpt are this run's only
 DEMO_RUN := logs/finetune/demo_prior
 demo-prior: install
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install 'matplotlib>=3.5'  # the pages' fonts
 	rm -rf $(DEMO_RUN)
 	$(PY) benchmarks/document_data.py
-	$(VENV)/bin/gdp fit --config configs/prior/skimage64.yaml --config configs/task/sr4.yaml \
+	$(VENV)/bin/gdp fit --config configs/prior/skimage64.yaml --config configs/task/deblur.yaml \
 		--config configs/finetune.yaml --config configs/finetune_documents.yaml \
 		--data.input_dir data/documents/train --trainer.logger.init_args.version demo_prior
 	$(VENV)/bin/gdp export $(DEMO_RUN)/checkpoints/last.ckpt data/demo_prior.pt --dtype float16

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DistributedSampler
 
@@ -523,6 +524,26 @@ def test_synthetic_quantize_crop_and_size_change(tmp_path):
     assert cropped[0]["x"].shape == (2, 3, 12, 12) and cropped[0]["y"].shape == (2, 3, 6, 6)
     x = cropped[0]["x"]
     assert torch.equal(x * 255, (x * 255).round()) and 0 <= x.min() and x.max() <= 1
+
+
+def test_center_crop_whole_or_at_a_scale():
+    """The benchmark crop resizes the whole image's short side to the crop; at a scale it cuts the central region
+    of side crop / scale (at most the short side) and resizes that, and at scale 1 it only cuts."""
+    from gdp_lightning.data import resize_and_center_crop
+
+    image = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))
+    whole = resize_and_center_crop(image, 20)
+    resized = F.interpolate(image[None], size=(20, 28), mode="bicubic", antialias=True, align_corners=False)[0]
+    assert torch.equal(whole, resized.clamp(0, 1)[:, :, 4:24])
+    assert torch.equal(resize_and_center_crop(image, 20, 1.0), image[:, 15:35, 25:45])
+    half = resize_and_center_crop(image, 20, 0.5)  # the central 40 x 40, halved
+    region = image[None, :, 5:45, 15:55]
+    assert torch.equal(half, F.interpolate(region, size=(20, 20), mode="bicubic", antialias=True,
+                                           align_corners=False)[0].clamp(0, 1))
+    # a region larger than the image is its central square, resized
+    assert torch.equal(resize_and_center_crop(image, 20, 0.1), resize_and_center_crop(image[:, :, 10:60], 20))
+    assert resize_and_center_crop(image, 64, 1.0).shape == (3, 64, 64)  # smaller than the crop: enlarged
+    assert resize_and_center_crop(image, 17, 0.7).shape == (3, 17, 17)
 
 
 def test_synthetic_default_operator_and_blind_error(tmp_path):

@@ -227,6 +227,10 @@ def test_make_demo_prior_starts_from_an_empty_run_folder():
     assert "--data.input_dir data/documents/train" in lines[fit_line]
     configs = [REPO / arg for arg in lines[fit_line].split() if arg.endswith(".yaml")]
     assert REPO / "configs" / "finetune_documents.yaml" in configs
+    # fit validates with the task of the demo that uses the prior
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["model"]["degradation"]
+    tasks = [path for path in configs if path.parent.name == "task"]
+    assert len(tasks) == 1 and yaml.safe_load(tasks[0].read_text())["model"]["degradation"] == demo
     for text in [lines[fit_line]] + [path.read_text() for path in configs]:
         assert "documents/heldout" not in text and "documents/tune" not in text
     assert lines.index("rm -rf logs/finetune/demo_prior") < fit_line
@@ -712,6 +716,8 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
           "--data.replay_fraction", "0.25"], f"--data.replay_dir {tmp_path / 'gone'}: no such folder"),
         (["--data.input_dir", str(photos["train"]), "--data.val_dir", str(tmp_path / "gone")],
          "--data.val_dir"),
+        (["--data.input_dir", str(photos["train"]), "--data.val_split", "2", "--data.val_scale", "0"],
+         "--data.val_scale 0.0: give the scale to validate at"),
     ]
     for options, needle in cases:
         assert main(base + options) == 2
@@ -746,6 +752,33 @@ def test_fit_data_holds_out_a_seeded_split(photos):
     assert batch["x"].shape == (2, 3, 32, 32) and len(batch["name"]) == 2
     val = next(iter(data.val_dataloader()))
     assert val["x"].shape == (2, 3, 32, 32) and val["y"].shape == (2, 3, 8, 8)
+
+
+def test_fit_validates_whole_images_or_crops_at_a_scale(photos):
+    """--data.val_scale: the held-out images are validated as central crops at that scale (1: the pixels as they
+    are, the scale of training crops at train_scales [1, 1]) instead of whole, their short side resized to the
+    prior's size; the same held-out images either way."""
+    from gdp_lightning.data import read_image
+    from gdp_lightning.degradations import SuperResolution
+
+    batches = {}
+    for scale in (None, 1.0, 0.5):
+        data = _fit_data(photos, val_split=2, seed=3, val_scale=scale)
+        data.degradation = SuperResolution(4)
+        data.setup("fit")
+        batches[scale] = next(iter(data.val_dataloader()))
+        assert batches[scale]["x"].shape == (2, 3, 32, 32) and batches[scale]["y"].shape == (2, 3, 8, 8)
+    assert batches[None]["name"] == batches[1.0]["name"] == batches[0.5]["name"]
+    source = next(p for p in photos["train"].glob("*.png") if p.stem == batches[1.0]["name"][0])
+    pixels = read_image(source).pixels
+    height, width = pixels.shape[-2:]
+    top, left = (height - 32) // 2, (width - 32) // 2
+    assert torch.allclose(batches[1.0]["x"][0], pixels[:, top : top + 32, left : left + 32], atol=1e-6)
+    assert not torch.allclose(batches[None]["x"], batches[1.0]["x"], atol=0.05)
+    assert torch.equal(batches[0.5]["x"], batches[None]["x"])  # a region of 64 = the whole 64 x 64 photo, halved
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(DataError, match="--data.val_scale"):
+            _fit_data(photos, val_split=2, val_scale=bad)
 
 
 def test_replay_mixes_a_seeded_share_of_other_images_into_the_crops(photos, tmp_path):

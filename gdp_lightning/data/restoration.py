@@ -45,16 +45,26 @@ def quantize_observation(y: Tensor, quantize: str) -> Tensor:
     raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
 
 
-def resize_and_center_crop(image: Tensor, size: int) -> Tensor:
-    """Resize ``(C, H, W)`` so its short side is ``size`` (bicubic, antialiased, clamped to [0, 1]) and cut the
-    central ``size × size`` (the benchmark protocol). An image whose short side already is ``size`` is only cut."""
+def resize_and_center_crop(image: Tensor, size: int, scale: Optional[float] = None) -> Tensor:
+    """A ``size × size`` crop of the centre of ``(C, H, W)``.
+
+    Without ``scale`` (the benchmark protocol): resize the image so its short side is ``size`` (bicubic,
+    antialiased, clamped to [0, 1]) and cut the central ``size × size``; an image whose short side already is
+    ``size`` is only cut. With ``scale`` (crop side / region side, as the training crops of ``gdp fit``): cut the
+    central square region of side ``round(size / scale)`` (at most the short side) and resize it to ``size``;
+    at ``scale = 1`` that is the central ``size × size`` of the image as it is."""
     height, width = image.shape[-2:]
+    if scale is not None:
+        side = min(max(1, round(size / scale)), height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[..., top : top + side, left : left + side]
+        height = width = side
     if min(height, width) != size:
-        scale = size / min(height, width)
+        factor = size / min(height, width)
         if height <= width:
-            new_size = (size, max(size, round(width * scale)))
+            new_size = (size, max(size, round(width * factor)))
         else:
-            new_size = (max(size, round(height * scale)), size)
+            new_size = (max(size, round(height * factor)), size)
         image = F.interpolate(image[None], size=new_size, mode="bicubic", antialias=True, align_corners=False)[0]
         image = image.clamp(0, 1)
         height, width = new_size
@@ -79,6 +89,7 @@ class RestorationBatches(Dataset):
     :param sizes: each input's ``(H, W)`` (after the crop in synthetic mode), checked against the decoded image.
     :param degradation: synthetic mode: the true operator making the observations; ``None`` = real mode.
     :param crop_size: synthetic mode: the benchmark crop (see :func:`resize_and_center_crop`), or ``None``.
+    :param crop_scale: with ``crop_size``: cut the crop at this scale instead (see :func:`resize_and_center_crop`).
     :param quantize: synthetic mode: how observations are stored (see :func:`quantize_observation`).
     :param seed: synthetic mode: input i's randomness comes from ``torch.Generator().manual_seed(item_seed(seed, i))``.
     """
@@ -92,12 +103,14 @@ class RestorationBatches(Dataset):
         crop_size: Optional[int] = None,
         quantize: str = "round",
         seed: int = 0,
+        crop_scale: Optional[float] = None,
     ):
         self.items = list(items)
         self.batches = [list(b) for b in batches]
         self.sizes = list(sizes)
         self.degradation = degradation
         self.crop_size = crop_size
+        self.crop_scale = crop_scale
         self.quantize = quantize
         self.seed = seed
 
@@ -120,8 +133,9 @@ class RestorationBatches(Dataset):
         x, alpha = image.pixels, image.alpha
         if self.crop_size:
             levels = float(2**image.bits - 1)  # the resized ground truth is stored at the file's bit depth
-            x = (resize_and_center_crop(x, self.crop_size) * levels).round() / levels
-            alpha = None if alpha is None else (resize_and_center_crop(alpha, self.crop_size) * levels).round() / levels
+            x = (resize_and_center_crop(x, self.crop_size, self.crop_scale) * levels).round() / levels
+            if alpha is not None:
+                alpha = (resize_and_center_crop(alpha, self.crop_size, self.crop_scale) * levels).round() / levels
         if tuple(x.shape[-2:]) != tuple(size):
             raise DataError(f"{item.paths[0]}: decoded as {x.shape[-2]}x{x.shape[-1]} but its header said "
                             f"{size[0]}x{size[1]}; was the file replaced during the run?")

@@ -28,6 +28,10 @@ class FinetuneData(GDPDataModule):
         default the prior's size), degrades them with the task's operator and restores them.
     :param val_split: without ``val_dir``: hold out this many images of the input folder (a count >= 1, or a
         fraction < 1; chosen by ``seed``) for validation.
+    :param val_scale: the scale the held-out images are validated at (crop side / region side, as
+        ``train_scales``): the central region of side crop / ``val_scale`` of each, resized to the crop (1: the
+        central crop of the image as it is, the scale of training crops at ``train_scales [1, 1]``). Default: the
+        whole image, its short side resized to the crop (the benchmark protocol).
     :param epoch_size: training crops per epoch (checkpoints are written at the end of each epoch).
     :param train_scales: the range of scales of the random crops (crop side / cut region side, log-uniform):
         ``[0.25, 1]`` cuts regions of 1 to 4 times the prior's size and resizes them to it.
@@ -40,20 +44,24 @@ class FinetuneData(GDPDataModule):
     :param kwargs: the data options of restoration (see :class:`~gdp_lightning.data.GDPDataModule`).
     """
 
-    def __init__(self, val_dir: Optional[str] = None, val_split: float = 0, epoch_size: int = 1000,
+    def __init__(self, val_dir: Optional[str] = None, val_split: float = 0, val_scale: Optional[float] = None,
+                 epoch_size: int = 1000,
                  train_scales: Tuple[float, float] = (0.25, 1.0), flip: bool = True,
                  replay_dir: Optional[str] = None, replay_fraction: float = 0.0,
                  image_size: Optional[int] = None, **kwargs: Any):
         super().__init__(**kwargs)
         if val_split < 0:
             raise DataError(f"--data.val_split {val_split}: give a count >= 1, a fraction < 1, or 0")
+        if val_scale is not None and not (math.isfinite(val_scale) and val_scale > 0):
+            raise DataError(f"--data.val_scale {val_scale}: give the scale to validate at (> 0, e.g. 1.0 for crops "
+                            "of the images as they are), or null for whole images")
         if not 0 <= replay_fraction < 1:
             raise DataError(f"--data.replay_fraction {replay_fraction}: give the share of replay crops in [0, 1)")
         if (replay_dir is None) != (replay_fraction == 0):
             raise DataError("--data.replay_dir and --data.replay_fraction go together: give the folder of the "
                             "prior's own images and the share of crops to cut from them (e.g. 0.25)")
         self.replay_dir, self.replay_fraction = replay_dir, replay_fraction
-        self.val_dir, self.val_split = val_dir, val_split
+        self.val_dir, self.val_split, self.val_scale = val_dir, val_split, val_scale
         self.epoch_size, self.train_scales, self.flip = epoch_size, tuple(train_scales), flip
         self.image_size = image_size
         #: the training images, their crops, and the crop of the held-out images
@@ -115,9 +123,9 @@ class FinetuneData(GDPDataModule):
         self._prepared = True
 
     def dataset(self) -> RestorationBatches:
-        """The held-out images at the crop of the prior's size (or ``crop_size``)."""
+        """The held-out images at the crop of the prior's size (or ``crop_size``), at ``val_scale``."""
         return RestorationBatches(self.items, self.batches, self.sizes, self._observation_operator,
-                                  self._fit_crop or self.crop_size, self.quantize, self.seed)
+                                  self._fit_crop or self.crop_size, self.quantize, self.seed, self.val_scale)
 
     def train_dataloader(self) -> DataLoader:
         """``gdp fit``: batches of random crops (``{"x": (B, 3, S, S), "index": (B,), "name": [...]}``)."""
