@@ -297,13 +297,13 @@ def test_predict_precision_option(tiny_prior, photos16, tmp_path, capfd):
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
         rc, err = gdp(capfd, tmp_path / "logs", "predict", tiny_prior, "sr4", "--data.input_dir", str(photos16),
-                      "--model.precision", precision, "--writer.output_dir", str(out))
+                      "--model.precision", precision, "--writer.output_dir", str(out), steps=2)
         assert rc == 0, err
         assert json.loads((out / "run.json").read_text())["model"]["precision"] == precision
         outputs[precision] = torch.stack([read_image(out / f"im{i}.png").pixels for i in range(3)])
     diff = (outputs["fp32"] - outputs["bf16"]).abs()
     assert float(diff.max()) > 0  # the UNet really ran in bfloat16
-    assert float(diff.mean()) * 255 < 0.5  # and restored the same images (measured: 0.011 levels)
+    assert float(diff.mean()) * 255 < 0.5  # and restored the same images (measured: 0.009 levels at 2 steps)
 
 
 def test_precision_auto_is_the_default_and_follows_the_device(tiny_prior, photos16, tmp_path, capfd, monkeypatch):
