@@ -19,6 +19,7 @@ from ..seeds import DATA, stream_seed
 from .batching import EMPTY_BATCH
 from .datasets import InputItem, check_image, image_size
 from .images import DataError, read_image
+from .training import region_side
 
 __all__ = ["RestorationBatches", "quantize_observation", "resize_and_center_crop", "item_seed", "check_item",
            "parallel", "keep_batch", "MODES", "QUANTIZATIONS"]
@@ -55,7 +56,7 @@ def resize_and_center_crop(image: Tensor, size: int, scale: Optional[float] = No
     at ``scale = 1`` that is the central ``size × size`` of the image as it is."""
     height, width = image.shape[-2:]
     if scale is not None:
-        side = min(max(1, round(size / scale)), height, width)
+        side = region_side(size, scale, height, width)
         top, left = (height - side) // 2, (width - side) // 2
         image = image[..., top : top + side, left : left + side]
         height = width = side

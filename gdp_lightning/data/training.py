@@ -20,12 +20,18 @@ from ..seeds import CROPS, stream_seed
 from .batching import ProcessSampler
 from .images import DataError, read_image
 
-__all__ = ["TrainingCrops", "CropSampler", "crop_seed"]
+__all__ = ["TrainingCrops", "CropSampler", "crop_seed", "region_side"]
 
 
 def crop_seed(seed: int, index: int) -> int:
     """The seed of training sample ``index``'s crop (the ``CROPS`` stream of :mod:`gdp_lightning.seeds`)."""
     return stream_seed(seed, index, CROPS)
+
+
+def region_side(size: int, scale: float, height: int, width: int) -> int:
+    """The side of the square region that a ``size × size`` crop at ``scale`` (crop side / region side) is cut
+    from in an image of ``height × width``: ``round(size / scale)``, at least 1 and at most the short side."""
+    return min(max(1, round(size / scale)), height, width)
 
 
 def _whole(value: Any) -> bool:
@@ -138,7 +144,7 @@ class TrainingCrops(Dataset):
         lo, hi = self.scale_range(height, width)
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
         scale = lo if hi == lo else math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        side = min(max(1, round(self.size / scale)), height, width)
+        side = region_side(self.size, scale, height, width)
         top = int(torch.randint(height - side + 1, (1,), generator=generator))
         left = int(torch.randint(width - side + 1, (1,), generator=generator))
         flipped = self.flip and float(torch.rand((), generator=generator)) < 0.5
