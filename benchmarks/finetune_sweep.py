@@ -7,7 +7,7 @@ document tuning crops (``data/documents/tune``, never on the held-out ones) and 
         [--tasks sr4 deblur inpaint colorize] [--runs logs/finetune_sweep] [--no-photos]
 
 Each variant is one ``gdp fit`` of skimage64 on ``data/documents/train`` with the recipe's settings and the
-variant's options, without validations, into ``RUNS/<variant>``; its checkpoints (every 200 steps) at the steps it
+variant's options, without validations, into ``RUNS/<variant>``; its checkpoints (every 200 steps; ``demo``'s every 160) at the steps it
 lists are exported (float16, as the demo prior) and every linear task restores the crops with them at ``--steps``
 steps and ``--samples`` samples, the same seeds for every prior (the photos at 1000 steps and at the fit's last
 step only). A variant whose fit has finished is not run
@@ -23,9 +23,10 @@ learning rates 3e-5 and 3e-4, an EMA of decay 0.999 without the warm-up, 25 % an
 from skimage64's own training photos (``benchmarks/skimage_photos.py`` writes them), training only the attention
 blocks and the output head or only the decoder (``output_blocks``) and the head, and rank-8 low-rank adapters on
 the 1×1 convolutions or on every convolution and linear layer (learning rate 1e-3). ``demo`` is the demo prior's
-recipe as ``configs/finetune_documents.yaml`` has it (400 steps at lr 2e-4, the EMA of decay 0.9975 without
-warm-up, training crops at the scale the pages are restored at, ``train_scales [1, 1]``), and ``demo-scales0.5``
-the same with the reference's ``train_scales [0.5, 1]`` (the previous demo prior's recipe).
+recipe as ``configs/finetune_documents.yaml`` has it (320 steps at lr 2e-4, the EMA of decay 0.9975 without
+warm-up, training crops at the scale the pages are restored at, ``train_scales [1, 1]``), ``demo400`` the same
+run to 400 steps (a checkpoint every 200, as the recipe was before it was cut to fit 30 minutes on a slower day),
+and ``demo-scales0.5`` ``demo400`` with the reference's ``train_scales [0.5, 1]`` (an earlier demo prior's recipe).
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ RECIPE = ["--config", "configs/prior/skimage64.yaml", "--config", "configs/task/
           "--model.training.baseline_validation", "false", "--trainer.enable_progress_bar", "false"]
 #: the reference every variant but ``demo`` changes one setting of (the documents recipe before it was shortened)
 REFERENCE = ["--model.training.lr", "1e-4", "--model.training.ema_decay", "0.9999", "--model.training.ema_warmup",
-             "true", "--data.train_scales", "[0.5, 1.0]"]
+             "true", "--data.train_scales", "[0.5, 1.0]", "--data.epoch_size", "1600"]
+#: the demo recipe before it was cut to 320 steps: 400 steps, a checkpoint every 200
+DEMO400 = ["--data.epoch_size", "1600"]
 LORA = ["--model.training.lora_rank", "8", "--model.training.lr", "1e-3"]
 #: name: (gdp fit options beside REFERENCE's, or for the variants in DEMO beside the recipe as
 #: configs/finetune_documents.yaml has it, optimizer steps of the fit, the steps to evaluate)
 VARIANTS: Dict[str, tuple] = {
-    "demo": ([], 400, (400,)),
-    "demo-scales0.5": (["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
+    "demo": ([], 320, (320,)),
+    "demo400": (DEMO400, 400, (400,)),
+    "demo-scales0.5": (DEMO400 + ["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
     "recipe": ([], 1400, (200, 400, 600, 1000, 1400)),
     "lr3e-5": (["--model.training.lr", "3e-5"], 1000, (1000,)),
     "lr3e-4": (["--model.training.lr", "3e-4"], 1000, (1000,)),
@@ -73,7 +77,7 @@ VARIANTS: Dict[str, tuple] = {
     "lora8-all": (LORA + ["--model.training.lora_targets", "[conv, linear]"], 1000, (1000,)),
 }
 #: the variants of the demo recipe itself rather than of REFERENCE
-DEMO = {"demo", "demo-scales0.5"}
+DEMO = {"demo", "demo400", "demo-scales0.5"}
 #: the evaluation points that also get their trained weights (not the EMA) exported
 TRAINED = {("recipe", 1000)}
 

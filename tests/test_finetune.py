@@ -945,7 +945,7 @@ def test_finetune_sweep_runs_each_variant_with_its_own_settings(tmp_path, monkey
     sweep = _benchmark("finetune_sweep")
     runs = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: runs.append(argv))
-    names = ["demo", "demo-scales0.5", "recipe", "lr3e-5"]
+    names = ["demo", "demo400", "demo-scales0.5", "recipe", "lr3e-5"]
     for name in names:
         sweep.fit(name, tmp_path)
     resolved = {}
@@ -958,11 +958,12 @@ def test_finetune_sweep_runs_each_variant_with_its_own_settings(tmp_path, monkey
         config = yaml.safe_load(capfd.readouterr().out)
         resolved[name] = (config["data"]["train_scales"], config["model"]["training"]["lr"],
                           config["model"]["training"]["ema_decay"], config["trainer"]["max_steps"],
-                          config["trainer"]["precision"])
-    assert resolved == {"demo": ([1.0, 1.0], 2e-4, 0.9975, 400, "32-true"),
-                        "demo-scales0.5": ([0.5, 1.0], 2e-4, 0.9975, 400, "32-true"),
-                        "recipe": ([0.5, 1.0], 1e-4, 0.9999, 1400, "32-true"),
-                        "lr3e-5": ([0.5, 1.0], 3e-5, 0.9999, 1000, "32-true")}
+                          config["data"]["epoch_size"], config["trainer"]["precision"])
+    assert resolved == {"demo": ([1.0, 1.0], 2e-4, 0.9975, 320, 1280, "32-true"),
+                        "demo400": ([1.0, 1.0], 2e-4, 0.9975, 400, 1600, "32-true"),
+                        "demo-scales0.5": ([0.5, 1.0], 2e-4, 0.9975, 400, 1600, "32-true"),
+                        "recipe": ([0.5, 1.0], 1e-4, 0.9999, 1400, 1600, "32-true"),
+                        "lr3e-5": ([0.5, 1.0], 3e-5, 0.9999, 1000, 1600, "32-true")}
 
 
 def test_finetune_gain_bar():
