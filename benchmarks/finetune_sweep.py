@@ -7,13 +7,13 @@ document tuning crops (``data/documents/tune``, never on the held-out ones) and 
         [--tasks sr4 deblur inpaint colorize] [--runs logs/finetune_sweep] [--no-photos]
 
 Each variant is one ``gdp fit`` of skimage64 on ``data/documents/train`` with the recipe's settings and the
-variant's options, without validations, into ``RUNS/<variant>``; its checkpoints (every 200 steps; ``demo``'s every 160) at the steps it
-lists are exported (float16, as the demo prior) and every linear task restores the crops with them at ``--steps``
-steps and ``--samples`` samples, the same seeds for every prior (the photos at 1000 steps and at the fit's last
-step only). A variant whose fit has finished is not run
-again, and every score is kept in ``RUNS/scores.json``: a rerun (or an interrupted run started again) only
-computes what is missing. Prints, per evaluated prior, the mean PSNR gain over skimage64 on the tuning crops per
-task (± the standard error of the per-crop differences) and the mean PSNR change on the photos.
+variant's options, without validations, into ``RUNS/<variant>``; its checkpoints (every 200 steps; ``demo``'s
+every 160) at the steps it lists are exported (float16, as the demo prior) and every linear task restores the
+crops with them at ``--steps`` steps and ``--samples`` samples, the same seeds for every prior (the photos at 1000
+steps and at the fit's last step only). A variant whose fit has finished is not run again, and every score is
+kept in ``RUNS/scores.json``: a rerun (or an interrupted run started again) only computes what is missing.
+Prints, per evaluated prior, the mean PSNR gain over skimage64 on the tuning crops per task (± the standard error
+of the per-crop differences) and the mean PSNR change on the photos.
 
 The variants (``VARIANTS``) change one setting of the reference recipe (``REFERENCE``: the documents recipe with
 lr 1e-4, an EMA of decay 0.9999 with warm-up and training crops of regions of 1 to 2 times the prior's size,
@@ -53,18 +53,19 @@ RECIPE = ["--config", "configs/prior/skimage64.yaml", "--config", "configs/task/
           "configs/finetune.yaml", "--config", "configs/finetune_documents.yaml",
           "--data.input_dir", "data/documents/train", "--trainer.limit_val_batches", "0",
           "--model.training.baseline_validation", "false", "--trainer.enable_progress_bar", "false"]
+#: a checkpoint every 200 steps (1600 crops of batch 8 an epoch), as the runs measured before the demo recipe was cut
+#: to 320 steps (a checkpoint every 160) had them
+EVERY_200 = ["--data.epoch_size", "1600"]
 #: the reference every variant but ``demo`` changes one setting of (the documents recipe before it was shortened)
 REFERENCE = ["--model.training.lr", "1e-4", "--model.training.ema_decay", "0.9999", "--model.training.ema_warmup",
-             "true", "--data.train_scales", "[0.5, 1.0]", "--data.epoch_size", "1600"]
-#: the demo recipe before it was cut to 320 steps: 400 steps, a checkpoint every 200
-DEMO400 = ["--data.epoch_size", "1600"]
+             "true", "--data.train_scales", "[0.5, 1.0]", *EVERY_200]
 LORA = ["--model.training.lora_rank", "8", "--model.training.lr", "1e-3"]
 #: name: (gdp fit options beside REFERENCE's, or for the variants in DEMO beside the recipe as
 #: configs/finetune_documents.yaml has it, optimizer steps of the fit, the steps to evaluate)
 VARIANTS: Dict[str, tuple] = {
     "demo": ([], 320, (320,)),
-    "demo400": (DEMO400, 400, (400,)),
-    "demo-scales0.5": (DEMO400 + ["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
+    "demo400": (EVERY_200, 400, (400,)),
+    "demo-scales0.5": (EVERY_200 + ["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
     "recipe": ([], 1400, (200, 400, 600, 1000, 1400)),
     "lr3e-5": (["--model.training.lr", "3e-5"], 1000, (1000,)),
     "lr3e-4": (["--model.training.lr", "3e-4"], 1000, (1000,)),
