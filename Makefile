@@ -33,8 +33,9 @@ demo-prior: install
 		--data.input_dir data/documents/train --trainer.logger.init_args.version demo_prior
 	$(VENV)/bin/gdp export $(DEMO_RUN)/checkpoints/last.ckpt data/demo_prior.pt --dtype float16
 
+# one pytest-xdist worker per core, a test file to a worker (its module fixtures built once)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: install
 	$(PY) benchmarks/unet_speed.py

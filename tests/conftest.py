@@ -12,6 +12,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+# Under pytest-xdist (`make test` runs a worker per core) the cores are shared out: each worker, and every process
+# it starts, gets its share of intra-op threads instead of all of them (two workers of two threads each on two
+# cores wait for each other far longer than they compute).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 
 def fixtures_dir() -> Path:
     """``GDP_REFERENCE_FIXTURES`` (relative paths from the working directory), else ``../shared/fixtures``."""

@@ -22,11 +22,23 @@ def _gdp() -> str:
     return str(exe)
 
 
-def test_gdp_version_and_help():
+def test_gdp_version_answers_without_loading_torch_or_lightning():
     out = subprocess.run([_gdp(), "--version"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"gdp {gdp_lightning.__version__}"
-    out = subprocess.run([_gdp(), "--help"], capture_output=True, text=True, check=True).stdout
-    assert "usage: gdp" in out and "GDP" in out
+    check = ("import sys; from gdp_lightning.console import main; rc = main(['--version']); "
+             "print(rc, sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"gdp {gdp_lightning.__version__}", "0 []"]
+
+
+def test_gdp_help(capsys, cli_argv):
+    from gdp_lightning.console import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gdp") and "GDP" in out and "{fit,validate,test,predict,export}" in out
 
 
 def test_sample_prior_writes_a_grid(tmp_path, skimage64_checkpoint, capsys):
