@@ -47,6 +47,7 @@ from gdp_lightning.finetune.training import (
     UniformTimesteps,
     denoising_loss,
     ema_decay_at,
+    make_timestep_sampler,
     update_ema,
     warmup_factor,
 )
@@ -618,6 +619,35 @@ def test_uniform_timesteps_have_unit_weights():
     assert abs(t.float().mean().item() - 499.5) < 15
 
 
+def test_timestep_range_restricts_the_draws():
+    generators = lambda: [torch.Generator().manual_seed(i) for i in range(4096)]  # noqa: E731
+    t, w = UniformTimesteps(1000, (0, 200)).sample(generators(), torch.device("cpu"))
+    assert t.min() >= 0 and t.max() < 200 and torch.all(w == 1)
+    assert abs(t.float().mean().item() - 99.5) < 4
+    t, _ = UniformTimesteps(1000, (900, 1000)).sample(generators(), torch.device("cpu"))
+    assert t.min() >= 900
+    # the whole range draws what the sampler without one draws
+    whole, _ = UniformTimesteps(1000, (0, 1000)).sample(generators(), torch.device("cpu"))
+    assert torch.equal(whole, UniformTimesteps(1000).sample(generators(), torch.device("cpu"))[0])
+    # importance sampling within the range: warmed up once the allowed timesteps have their losses
+    sampler = LossSecondMomentTimesteps(6, history=1, uniform_prob=0.0, timesteps=(2, 4))
+    sampler.update(torch.tensor([2, 3]), torch.tensor([1.0, 3.0]))
+    assert sampler.warmed_up()
+    torch.testing.assert_close(sampler.weights(), torch.tensor([0, 0, 0.25, 0.75, 0, 0], dtype=torch.float64))
+    t, w = sampler.sample([torch.Generator().manual_seed(i) for i in range(400)], torch.device("cpu"))
+    assert set(t.tolist()) == {2, 3}
+    torch.testing.assert_close(w[t == 3][0], torch.tensor(1 / (2 * 0.75)))
+    with pytest.raises(ConfigError, match=r"--model.training.timesteps \[0, 2000\] is not a range"):
+        make_timestep_sampler("uniform", 1000, (0, 2000))
+
+
+def test_fit_on_a_timestep_range(tiny, photos, tmp_path, capfd):
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--model.training.timestep_sampler",
+                      "loss-second-moment", "--model.training.timesteps", "[0, 10]", steps=2)
+    counts = state(checkpoints / "last.ckpt")["state_dict"]["timestep_sampler.loss_counts"]
+    assert int(counts[:10].sum()) == 8 and int(counts[10:].sum()) == 0  # 2 steps of 4 losses, all below 10
+
+
 def test_loss_second_moment_sampler():
     sampler = LossSecondMomentTimesteps(4, history=2, uniform_prob=0.0)
     sampler.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, 1.0, 1.0]))
@@ -689,6 +719,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpoint_calls):
     ({"lr": 0}, "--model.training.lr"),
     ({"warmup_steps": -1}, "--model.training.warmup_steps"),
     ({"timestep_sampler": "importance"}, "--model.training.timestep_sampler"),
+    ({"timesteps": (200, 100)}, "--model.training.timesteps"),
+    ({"timesteps": (-1, 100)}, "--model.training.timesteps"),
     ({"ema_decay": 1.0}, "--model.training.ema_decay"),
     ({"lora_rank": -1}, "--model.training.lora_rank"),
     ({"lora_rank": 4, "lora_alpha": 0}, "--model.training.lora_alpha"),

@@ -94,7 +94,7 @@ class FinetuneModule(GDPModule):
             self._train_diffusion = GaussianDiffusion.from_prior(self.prior)
         if self.timestep_sampler is None:
             self.timestep_sampler = make_timestep_sampler(settings.timestep_sampler,
-                                                          self._train_diffusion.num_timesteps)
+                                                          self._train_diffusion.num_timesteps, settings.timesteps)
         # held-out denoising loss of the sampling weights: the prior's fit to the domain, at fixed timesteps and noise
         self.val_denoising = nn.ModuleDict({k: MeanMetric() for k in ("loss", "mse")})
         if settings.ema_decay > 0 and self.ema_unet is None:

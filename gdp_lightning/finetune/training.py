@@ -49,6 +49,9 @@ class TrainingSettings:
     :param timestep_sampler: ``uniform``, or ``loss-second-moment`` (importance sampling: each timestep with
         probability ∝ sqrt(E[loss²]) over its last 10 losses, mixed with 0.1 % uniform; uniform until every timestep
         has 10 losses).
+    :param timesteps: ``[first, end)``: train on the timesteps of this range only (of the prior's training
+        schedule, e.g. ``[0, 200]`` of 1000: the low noise levels, where a sample's fine detail is made); default
+        every timestep. Outside the range the weights are shared, so the prior's behaviour there moves too, less.
     :param ema_decay: decay of the EMA of the weights (0 = no EMA: sampling and export use the trained weights).
     :param ema_warmup: use decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so that a short fine-tuning
         is not averaged away into the starting weights.
@@ -78,6 +81,7 @@ class TrainingSettings:
     betas: Tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
     timestep_sampler: str = "uniform"
+    timesteps: Optional[Tuple[int, int]] = None
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     gradient_checkpointing: bool = False
@@ -97,6 +101,9 @@ class TrainingSettings:
         if self.timestep_sampler not in TIMESTEP_SAMPLERS:
             raise ConfigError(f"--model.training.timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, "
                               f"got {self.timestep_sampler!r}")
+        if self.timesteps is not None and not 0 <= self.timesteps[0] < self.timesteps[1]:
+            raise ConfigError(f"--model.training.timesteps must be [first, end) with 0 <= first < end, got "
+                              f"{list(self.timesteps)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--model.training.ema_decay must be in [0, 1), got {self.ema_decay}")
         try:
@@ -148,25 +155,31 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 class UniformTimesteps(nn.Module):
-    """Timesteps drawn uniformly; every loss weighs 1."""
+    """Timesteps drawn uniformly (from ``[first, end)`` of ``timesteps`` when given); every loss weighs 1."""
 
     #: whether :meth:`update` uses the losses (then the training step gathers them from every process)
     uses_losses = False
 
-    def __init__(self, num_timesteps: int):
+    def __init__(self, num_timesteps: int, timesteps: Optional[Tuple[int, int]] = None):
         super().__init__()
         self.num_timesteps = num_timesteps
+        first, end = timesteps if timesteps is not None else (0, num_timesteps)
+        if not 0 <= first < end <= num_timesteps:
+            raise ConfigError(f"--model.training.timesteps [{first}, {end}] is not a range of the prior's "
+                              f"{num_timesteps} timesteps: give [first, end) with 0 <= first < end <= {num_timesteps}")
+        self.allowed = torch.zeros(num_timesteps, dtype=torch.bool)
+        self.allowed[first:end] = True
 
     def weights(self) -> torch.Tensor:
-        return torch.ones(self.num_timesteps, dtype=torch.float64)
+        return self.allowed.double()
 
     def sample(self, generators: Sequence[torch.Generator], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(t, weight)``: one timestep per generator, ``(N,)`` long, and the importance weights ``(N,)`` float32
-        of their losses."""
+        of their losses (1 on average over the allowed timesteps)."""
         w = self.weights()
         p = w / w.sum()
         t = torch.cat([torch.multinomial(p, 1, generator=g) for g in generators])
-        weight = 1.0 / (len(p) * p[t])
+        weight = 1.0 / (int(self.allowed.sum()) * p[t])
         return t.to(device), weight.float().to(device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
@@ -180,21 +193,22 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
     uses_losses = True
 
-    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
-        super().__init__(num_timesteps)
+    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001,
+                 timesteps: Optional[Tuple[int, int]] = None):
+        super().__init__(num_timesteps, timesteps)
         self.history, self.uniform_prob = history, uniform_prob
         self.register_buffer("loss_history", torch.zeros(num_timesteps, history, dtype=torch.float64))
         self.register_buffer("loss_counts", torch.zeros(num_timesteps, dtype=torch.long))
 
     def warmed_up(self) -> bool:
-        return bool((self.loss_counts >= self.history).all())
+        return bool((self.loss_counts[self.allowed] >= self.history).all())
 
     def weights(self) -> torch.Tensor:
         if not self.warmed_up():
-            return torch.ones(self.num_timesteps, dtype=torch.float64)
-        w = self.loss_history.cpu().pow(2).mean(-1).sqrt()
+            return self.allowed.double()
+        w = self.loss_history.cpu().pow(2).mean(-1).sqrt() * self.allowed
         w = w / w.sum()
-        return w * (1 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+        return (w * (1 - self.uniform_prob) + self.uniform_prob / int(self.allowed.sum())) * self.allowed
 
     @torch.no_grad()
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
@@ -208,11 +222,12 @@ class LossSecondMomentTimesteps(UniformTimesteps):
                 self.loss_counts[step] += 1
 
 
-def make_timestep_sampler(name: str, num_timesteps: int) -> UniformTimesteps:
+def make_timestep_sampler(name: str, num_timesteps: int,
+                          timesteps: Optional[Tuple[int, int]] = None) -> UniformTimesteps:
     if name == "uniform":
-        return UniformTimesteps(num_timesteps)
+        return UniformTimesteps(num_timesteps, timesteps)
     if name == "loss-second-moment":
-        return LossSecondMomentTimesteps(num_timesteps)
+        return LossSecondMomentTimesteps(num_timesteps, timesteps=timesteps)
     raise ConfigError(f"--model.training.timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, got {name!r}")
 
 
