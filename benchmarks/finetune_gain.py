@@ -3,7 +3,7 @@ linear task, at equal sampler settings.
 
     .venv/bin/python benchmarks/finetune_gain.py --tuned data/demo_prior.pt [--crops data/documents/heldout]
         [--steps 25] [--samples 4] [--tasks sr4 deblur inpaint colorize] [--figure docs/finetune_gain.png]
-        [--guidance gradient --scale-factors 0.5 1 2]
+        [--guidance gradient --scale-factors 0.5 1 2] [--tuned-below 200 400]
 
 Each task of ``configs/task`` (SR×4, deblurring, inpainting with 25 % missing, colorization) degrades every
 held-out crop with its operator (8-bit observation) and restores the batch with both priors (skimage64 flags; the
@@ -11,8 +11,10 @@ base weights ``../shared/priors/skimage64.pt`` and ``--tuned``), the task's sett
 seeds. Prints per task the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard
 error of the per-crop differences). ``--guidance gradient`` restores with GDP's gradient rule instead of the
 data-consistency rule, at each of ``--scale-factors`` times the task's scale of ``GRADIENT_SCALES`` (paper
-convention). ``--figure`` writes, for the first crops, the observation, both restorations
-and the ground truth of SR×4 and deblurring.
+convention). ``--tuned-below T`` asks at which noise levels the fine-tune gains or loses: the tuned prior's
+restorations use its weights at the timesteps below T (of the prior's 1000) and the base weights from T up, one
+run per T (``T`` 0: the base prior throughout; 1000: the tuned one). ``--figure`` writes, for the first crops, the
+observation, both restorations and the ground truth of SR×4 and deblurring.
 
 The defaults are the settings of the README's before/after table (25 steps, the mean of 4 samples). With every
 task at one scale the run ends with the bar a fine-tune has to clear to pay: a gain of at least ``GAIN`` dB on at
@@ -28,9 +30,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
 from gdp_lightning.data import read_image
+from gdp_lightning.prior import load_prior
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
@@ -53,6 +57,25 @@ def shown(observation: torch.Tensor, size) -> torch.Tensor:
         else observation[:, :3]
 
 
+def tuned_below(base: nn.Module, first: int):
+    """A ``restore_crops`` hook: the module's prior answers with ``base`` at the timesteps from ``first`` up and
+    with its own weights below."""
+    def prepare(module) -> None:
+        own = module.unet.forward
+
+        def forward(x, timesteps, *args, **kwargs):
+            high = timesteps >= first
+            if not bool(high.any()):
+                return own(x, timesteps, *args, **kwargs)
+            if bool(high.all()):
+                return base(x, timesteps, *args, **kwargs)
+            mix = high.view(-1, *[1] * (x.ndim - 1))
+            return torch.where(mix, base(x, timesteps, *args, **kwargs), own(x, timesteps, *args, **kwargs))
+
+        module.unet.forward = forward
+    return prepare
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", type=Path, required=True, help="the fine-tuned prior's weights")
@@ -65,6 +88,8 @@ def main() -> None:
                         help="the tasks' default (data consistency) or GDP's gradient rule")
     parser.add_argument("--scale-factors", type=float, nargs="+", default=[1.0],
                         help="with --guidance gradient: multiples of the task's scale (GRADIENT_SCALES)")
+    parser.add_argument("--tuned-below", type=int, nargs="+", default=None, metavar="T",
+                        help="restore with the tuned weights at the timesteps below T only, the base ones above")
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--figure-crops", type=int, default=4)
     args = parser.parse_args()
@@ -77,18 +102,28 @@ def main() -> None:
           f"{args.guidance}; base {args.base}, tuned {args.tuned}")
     print("| task | base PSNR / SSIM | tuned PSNR / SSIM | PSNR gain (dB) ± s.e. | s |")
     print("|---|---|---|---|---|")
-    columns, gains = {}, {}
-    runs = [(task, factor) for task in args.tasks for factor in args.scale_factors]
-    for task, factor in runs:
+    columns, gains, base_results = {}, {}, {}
+    base_unet = load_prior("skimage64", args.base) if args.tuned_below else None
+    runs = [(task, factor, first) for task in args.tasks for factor in args.scale_factors
+            for first in args.tuned_below or [None]]
+    for task, factor, first in runs:
         start = time.perf_counter()
         sampler, label = {}, task
         if args.guidance == "gradient":
             sampler = {"guidance": "gradient", "scale": factor * GRADIENT_SCALES[task]}
             label = f"{task}, scale {sampler['scale']:g}"
+        if first is not None:
+            label += f", tuned below t={first}"
         results, observation = {}, None
         for name, weights in priors.items():
+            if name == "base" and (task, factor) in base_results:  # the same restoration as the run before
+                results[name], observation = base_results[task, factor]
+                continue
+            hook = tuned_below(base_unet, first) if name == "tuned" and first is not None else None
             results[name], observation = restore_crops(task, weights, clean, steps=args.steps, samples=args.samples,
-                                                       observation=observation, **sampler)
+                                                       observation=observation, prepare=hook, **sampler)
+            if name == "base" and first is not None:
+                base_results[task, factor] = results[name], observation
         scores = {name: (psnr(images, clean), ssim(images, clean)) for name, images in results.items()}
         diff = scores["tuned"][0] - scores["base"][0]
         gains[label] = float(diff.mean())
@@ -96,9 +131,9 @@ def main() -> None:
         cells = [f"{float(p.mean()):.2f} / {float(s.mean()):.3f}" for p, s in scores.values()]
         print(f"| {label} | {cells[0]} | {cells[1]} | {gains[label]:+.2f} ± {error:.2f} | "
               f"{time.perf_counter() - start:.0f} |", flush=True)
-        if task in ("sr4", "deblur") and factor == args.scale_factors[0]:
+        if task in ("sr4", "deblur") and factor == args.scale_factors[0] and task not in columns:
             columns[task] = (shown(observation, clean.shape[-2:]), results["base"], results["tuned"])
-    if len(args.scale_factors) == 1:
+    if len(args.scale_factors) == 1 and not args.tuned_below:
         print(verdict(gains))
     if args.figure is not None and columns:
         k = min(args.figure_crops, len(clean))

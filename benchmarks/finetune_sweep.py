@@ -26,7 +26,9 @@ the 1×1 convolutions or on every convolution and linear layer (learning rate 1e
 recipe as ``configs/finetune_documents.yaml`` has it (320 steps at lr 2e-4, the EMA of decay 0.9975 without
 warm-up, training crops at the scale the pages are restored at, ``train_scales [1, 1]``), ``demo400`` the same
 run to 400 steps (a checkpoint every 200, as the recipe was before it was cut to fit 30 minutes on a slower day),
-and ``demo-scales0.5`` ``demo400`` with the reference's ``train_scales [0.5, 1]`` (an earlier demo prior's recipe).
+``demo-scales0.5`` ``demo400`` with the reference's ``train_scales [0.5, 1]`` (an earlier demo prior's recipe), and
+``demo-t200`` ``demo`` trained on the low noise levels only (``--model.training.timesteps [0, 200]``: where
+``finetune_gain.py --tuned-below`` finds both its gains and its one-sample SR×4 loss made).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ VARIANTS: Dict[str, tuple] = {
     "demo": ([], 320, (320,)),
     "demo400": (EVERY_200, 400, (400,)),
     "demo-scales0.5": (EVERY_200 + ["--data.train_scales", "[0.5, 1.0]"], 400, (400,)),
+    "demo-t200": (["--model.training.timesteps", "[0, 200]"], 320, (320,)),
     "recipe": ([], 1400, (200, 400, 600, 1000, 1400)),
     "lr3e-5": (["--model.training.lr", "3e-5"], 1000, (1000,)),
     "lr3e-4": (["--model.training.lr", "3e-4"], 1000, (1000,)),
@@ -78,7 +81,7 @@ VARIANTS: Dict[str, tuple] = {
     "lora8-all": (LORA + ["--model.training.lora_targets", "[conv, linear]"], 1000, (1000,)),
 }
 #: the variants of the demo recipe itself rather than of REFERENCE
-DEMO = {"demo", "demo400", "demo-scales0.5"}
+DEMO = {"demo", "demo400", "demo-scales0.5", "demo-t200"}
 #: the evaluation points that also get their trained weights (not the EMA) exported
 TRAINED = {("recipe", 1000)}
 

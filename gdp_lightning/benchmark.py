@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +50,13 @@ def observe(operator, clean: torch.Tensor) -> torch.Tensor:
 
 
 def restore_crops(task: str, weights, clean: torch.Tensor, *, steps: int, samples: int = 1,
-                  observation: Optional[torch.Tensor] = None, preset: str = "skimage64", **sampler):
+                  observation: Optional[torch.Tensor] = None, preset: str = "skimage64",
+                  prepare: Optional[Callable] = None, **sampler):
     """``(restored, observation)``: clean ``(N, 3, H, W)`` crops observed by the linear task ``task`` of
     :data:`LINEAR_TASKS` (8 bits; or the ``observation`` given) and restored in one batch with the prior ``preset``
     holding ``weights``, at ``steps`` steps, the mean of ``samples`` posterior samples, as 8-bit values; a diverged
-    restoration is kept (and scored). Further ``sampler`` options override the task's."""
+    restoration is kept (and scored). Further ``sampler`` options override the task's; ``prepare(module)`` is
+    called on the :class:`~gdp_lightning.module.GDPModule` before it restores."""
     from .api import build_module, restore
     from .resources import keep_freed_memory
 
@@ -62,6 +64,8 @@ def restore_crops(task: str, weights, clean: torch.Tensor, *, steps: int, sample
     module = build_module(task, preset, weights, progress=False,
                           sampler={"steps": str(steps), "on_divergence": "keep", "num_samples": samples, **sampler},
                           **LINEAR_TASKS[task])
+    if prepare is not None:
+        prepare(module)
     if observation is None:
         observation = observe(module.degradation, clean)
     out = restore(observation, task, module=module, details=True)
