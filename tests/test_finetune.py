@@ -1039,3 +1039,32 @@ def test_finetune_gain_restores_both_priors_with_the_same_seeds(tmp_path, monkey
     row = next(line for line in run(REPO / "data" / "demo_prior.pt", "--tasks", "deblur") if line.startswith("| deblur"))
     base, tuned, difference = row.split(" | ")[1:4]
     assert base == rows[0][1] and tuned != base and difference != "+0.00 ± 0.00"
+
+
+@pytest.mark.slow
+def test_finetune_gain_tuned_below_splits_the_prior_by_timestep(tmp_path, monkeypatch, capsys, skimage64_checkpoint):
+    """finetune_gain.py --tuned-below T: the tuned weights below T and the base ones from T up. At 2 steps the
+    timesteps are 999 and 0: T = 0 is the base prior, T = 1000 the tuned one, T = 500 neither."""
+    gain = _benchmark("finetune_gain")
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for path in sorted((REPO / "data" / "documents" / "heldout").glob("*.png"))[:2]:
+        shutil.copy(path, crops / path.name)
+
+    def run(*extra: str) -> List[List[str]]:
+        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--tuned", str(REPO / "data" / "demo_prior.pt"),
+                                         "--base", str(skimage64_checkpoint), "--crops", str(crops), "--steps", "2",
+                                         "--samples", "1", "--tasks", "deblur", *extra])
+        gain.main()
+        lines = capsys.readouterr().out.splitlines()
+        return [line.split(" | ") for line in lines if line.startswith("| deblur")], lines
+
+    (whole,), _ = run()
+    rows, lines = run("--tuned-below", "0", "500", "1000")
+    assert [r[0] for r in rows] == ["| deblur, tuned below t=0", "| deblur, tuned below t=500",
+                                    "| deblur, tuned below t=1000"]
+    assert all(r[1] == whole[1] for r in rows)  # one base restoration, the same as without the split
+    assert rows[0][2] == whole[1] and rows[0][3] == "+0.00 ± 0.00"
+    assert rows[2][2] == whole[2] and rows[2][3] == whole[3]
+    assert rows[1][2] not in (whole[1], whole[2])
+    assert not any(line.startswith(("pays", "does not pay")) for line in lines)  # the bar is for whole priors
