@@ -101,9 +101,8 @@ class TrainingSettings:
         if self.timestep_sampler not in TIMESTEP_SAMPLERS:
             raise ConfigError(f"--model.training.timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, "
                               f"got {self.timestep_sampler!r}")
-        if self.timesteps is not None and not 0 <= self.timesteps[0] < self.timesteps[1]:
-            raise ConfigError(f"--model.training.timesteps must be [first, end) with 0 <= first < end, got "
-                              f"{list(self.timesteps)}")
+        if self.timesteps is not None:
+            check_timestep_range(self.timesteps)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--model.training.ema_decay must be in [0, 1), got {self.ema_decay}")
         try:
@@ -121,6 +120,18 @@ class TrainingSettings:
                               "name the parts to train (e.g. [all]) or set --model.training.lora_rank")
         if self.val_samples < 0:
             raise ConfigError(f"--model.training.val_samples must be 0 or more, got {self.val_samples}")
+
+
+def check_timestep_range(timesteps: Tuple[int, int], num_timesteps: Optional[int] = None) -> None:
+    """Raise :class:`ConfigError` unless ``timesteps`` is a range ``[first, end)`` with ``0 <= first < end``
+    (``<= num_timesteps`` where the prior's schedule is known)."""
+    first, end = timesteps
+    if 0 <= first < end and (num_timesteps is None or end <= num_timesteps):
+        return
+    of = f" of the prior's {num_timesteps} timesteps" if num_timesteps is not None else ""
+    bound = f" <= {num_timesteps}" if num_timesteps is not None else ""
+    raise ConfigError(f"--model.training.timesteps [{first}, {end}] is not a range{of}: give [first, end) with "
+                      f"0 <= first < end{bound}")
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -164,9 +175,7 @@ class UniformTimesteps(nn.Module):
         super().__init__()
         self.num_timesteps = num_timesteps
         first, end = timesteps if timesteps is not None else (0, num_timesteps)
-        if not 0 <= first < end <= num_timesteps:
-            raise ConfigError(f"--model.training.timesteps [{first}, {end}] is not a range of the prior's "
-                              f"{num_timesteps} timesteps: give [first, end) with 0 <= first < end <= {num_timesteps}")
+        check_timestep_range((first, end), num_timesteps)
         self.allowed = torch.zeros(num_timesteps, dtype=torch.bool)
         self.allowed[first:end] = True
 
