@@ -122,7 +122,7 @@ def main() -> None:
             hook = tuned_below(base_unet, first) if name == "tuned" and first is not None else None
             results[name], observation = restore_crops(task, weights, clean, steps=args.steps, samples=args.samples,
                                                        observation=observation, prepare=hook, **sampler)
-            if name == "base" and first is not None:
+            if name == "base":
                 base_results[task, factor] = results[name], observation
         scores = {name: (psnr(images, clean), ssim(images, clean)) for name, images in results.items()}
         diff = scores["tuned"][0] - scores["base"][0]
