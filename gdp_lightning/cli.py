@@ -39,6 +39,7 @@ from .finetune import FinetuneData, FinetuneModule
 from .module import GDPModule
 from .precision import training_precision
 from .resources import keep_freed_memory
+from .run_folder import existing_ancestor, remove_unused_log_folder
 
 __all__ = ["GDPCLI", "GDPTrainer", "main", "USER_ERRORS", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_TERMINATED"]
 
@@ -306,7 +307,26 @@ class GDPCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, RestorationWriter):
                 callback.describe_run(self.command, dumped)
-        super()._run_subcommand(subcommand)
+        # log folders this run makes: a run stopped by a user error before it logged anything leaves none behind
+        made = [(folder, existing_ancestor(folder)) for folder in self._log_folders() if not folder.exists()]
+        try:
+            super()._run_subcommand(subcommand)
+        except USER_ERRORS:
+            if self.trainer.is_global_zero:
+                for folder, existed in made:
+                    remove_unused_log_folder(folder, up_to=existed)
+            raise
+
+    def _log_folders(self) -> list:
+        folders = []
+        for logger in self.trainer.loggers:
+            try:
+                folder = logger.log_dir
+            except Exception:  # noqa: BLE001 - a logger without a folder of its own
+                continue
+            if isinstance(folder, (str, os.PathLike)):
+                folders.append(Path(folder))
+        return folders
 
 
 #: what the command reports in one line: every user-facing error is a :class:`GDPError` (options, inputs, data,

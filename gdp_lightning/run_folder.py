@@ -10,6 +10,9 @@
   a stale lock file never blocks.
 * :func:`remove_temporary_files` deletes the temporary files (``.<name>.*.tmp.<ext>``, see
   :func:`gdp_lightning.io.atomic_path`) that a killed run left behind: called while holding the lock.
+* :func:`remove_unused_log_folder` deletes the log folder (``logs/<name>/version_N``) that a run made and stopped
+  in before it logged anything (a missing input folder or checkpoint found in setup), so that the next run takes
+  that version instead of leaving an empty one beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Iterable, List, Optional, Sequence
 
 from .errors import InputError
 
-__all__ = ["check_output_folder", "FolderLock", "remove_temporary_files", "LOCK_NAME"]
+__all__ = ["check_output_folder", "FolderLock", "remove_temporary_files", "remove_unused_log_folder",
+           "existing_ancestor", "LOCK_NAME"]
 
 LOCK_NAME = ".gdp.lock"
 TEMPORARY = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
@@ -145,3 +149,57 @@ def remove_temporary_files(folder: Path) -> List[Path]:
             except OSError:
                 pass
     return removed
+
+
+#: what a run writes into its log folder before it has logged anything: the resolved config, the (empty)
+#: hyper-parameters and TensorBoard's event file with its header alone
+_SETUP_FILES = ("config.yaml", "hparams.yaml")
+
+
+def _logs_nothing(events: Path) -> bool:
+    """True when a TensorBoard event file holds no summary (no scalar, image, text or hyper-parameters)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    try:
+        return not any(event.HasField("summary") for event in EventFileLoader(str(events)).Load())
+    except Exception:  # noqa: BLE001 - a file it cannot read is kept, as anything it does not know
+        return False
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def remove_unused_log_folder(folder: Path, up_to: Optional[Path] = None) -> bool:
+    """Delete ``folder`` when it holds only what a run writes before it logs anything (:data:`_SETUP_FILES` and event
+    files without a summary); anything else (a checkpoint, a logged metric, a file of the user's) keeps it. Then its
+    parents below ``up_to`` (the folder that existed before the run, :func:`existing_ancestor`) go too while they are
+    empty. Returns whether ``folder`` was deleted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    files = list(folder.iterdir())
+    for path in files:
+        if not path.is_file() or not (path.name in _SETUP_FILES or
+                                      (path.name.startswith("events.out.tfevents.") and _logs_nothing(path))):
+            return False
+    try:
+        for path in files:
+            path.unlink()
+        folder.rmdir()
+    except OSError:
+        return False
+    if up_to is not None:
+        up_to = Path(up_to).absolute()
+        parent = folder.absolute().parent
+        while up_to in parent.parents:
+            try:
+                parent.rmdir()  # only an empty folder
+            except OSError:
+                break
+            parent = parent.parent
+    return True

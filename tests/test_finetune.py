@@ -755,6 +755,7 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
         assert main(base + options) == 2
         lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
         assert lines[-1].startswith("gdp: error: ") and needle in lines[-1], lines[-1]
+    assert not (tmp_path / "finetune").exists()  # none of them left a version folder (or its logger's folder)
 
 
 # ---------------------------------------------------------------------------------------- data module

@@ -85,6 +85,49 @@ def test_an_output_folder_that_is_a_file_or_cannot_be_made(tiny_prior, photos, t
         assert rc == 2 and "cannot make the folder" in error_line(err)
 
 
+def test_a_run_stopped_before_it_logs_leaves_no_log_folder(earlier, tiny_prior, photos, tmp_path, capfd):
+    """An error found in setup (a missing checkpoint) removes the version folder the run made, and the logger's
+    folder it made for it, but never a folder that holds what a run logged: the next run takes the version."""
+    logs = tmp_path / "logs"
+    versions = sorted(p.relative_to(logs).as_posix() for p in logs.glob("*/version_*"))
+    assert len(versions) == 1  # the earlier run's, with its logs
+    kept = _snapshot(logs)
+    rc, err = _deblur(capfd, tmp_path, tiny_prior, photos, tmp_path / "out2", "--model.prior.checkpoint",
+                      str(tmp_path / "gone.pt"))
+    assert rc == 2 and "no such checkpoint file" in error_line(err)
+    assert _snapshot(logs) == kept
+    assert sorted(p.relative_to(logs).as_posix() for p in logs.glob("*/version_*")) == versions
+    # a logger folder of its own (another name) goes with its version folder; the logs folder that held it stays
+    rc, err = _deblur(capfd, tmp_path, tiny_prior, photos, tmp_path / "out2", "--model.prior.checkpoint",
+                      str(tmp_path / "gone.pt"), "--trainer.logger.init_args.name", "other")
+    assert rc == 2 and not (logs / "other").exists() and logs.is_dir()
+
+
+def test_remove_unused_log_folder_keeps_what_a_run_logged(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gdp_lightning.run_folder import existing_ancestor, remove_unused_log_folder
+
+    def run_folder(name: str, scalar: bool = False, extra: str = "") -> Path:
+        folder = tmp_path / "logs" / name / "version_0"
+        writer = SummaryWriter(str(folder))
+        if scalar:
+            writer.add_scalar("validate/psnr", 20.0, 0)
+        writer.close()
+        (folder / "config.yaml").write_text("model: {}\n")
+        if extra:
+            (folder / extra).write_bytes(b"x")
+        return folder
+
+    empty = run_folder("empty")
+    assert existing_ancestor(empty / "a" / "b") == empty.absolute()
+    assert remove_unused_log_folder(empty, up_to=tmp_path)
+    assert not (tmp_path / "logs").exists() and tmp_path.is_dir()  # the empty parents below up_to went with it
+    for folder in (run_folder("logged", scalar=True), run_folder("checkpoint", extra="last.ckpt")):
+        assert not remove_unused_log_folder(folder, up_to=tmp_path) and (folder / "config.yaml").is_file()
+    assert not remove_unused_log_folder(tmp_path / "never_made")
+
+
 # ------------------------------------------------------------------------------------------ runs never mix
 def test_a_second_run_into_a_folder_in_use_stops_naming_the_first(earlier, tiny_prior, photos, tmp_path, capfd):
     before = _snapshot(earlier)
