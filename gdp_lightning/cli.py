@@ -269,13 +269,11 @@ class GDPCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or ckpt_path.startswith("registry:"):
+            return  # Lightning's names for checkpoints it finds itself
         given = self.config[subcommand].get("model")
         defaults = self._parser(subcommand).get_defaults().get("model")
-        import torch
-
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = read_fit_checkpoint(ckpt_path).get("hyper_parameters", {})
         accepted = model_options(self.model_class)
         hparams = {k: v for k, v in hparams.items() if k in accepted}
         if not hparams:
@@ -332,6 +330,26 @@ class GDPCLI(LightningCLI):
 #: what the command reports in one line: every user-facing error is a :class:`GDPError` (options, inputs, data,
 #: checkpoints, metrics that cannot run, a diverged restoration)
 USER_ERRORS = (GDPError,)
+
+
+def read_fit_checkpoint(path: str) -> dict:
+    """The ``--ckpt_path`` checkpoint (safely loaded), or a one-line :class:`ConfigError` when the file is missing,
+    not a checkpoint, or a plain state dict of weights rather than a checkpoint of ``gdp fit`` (Lightning's, with
+    the training state)."""
+    from .prior.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as e:
+        message = str(e).replace("give the .pt file of the weights", "give the last.ckpt of a gdp fit run")
+        raise ConfigError(f"--ckpt_path {message}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
+            or "pytorch-lightning_version" not in checkpoint:
+        raise ConfigError(
+            f"--ckpt_path {path}: not a checkpoint of gdp fit (a Lightning checkpoint such as "
+            "logs/finetune/version_N/checkpoints/last.ckpt); to restore or fine-tune with the weights of a prior "
+            f"file, give it as --model.prior.checkpoint {path}")
+    return checkpoint
 
 
 def export_main(argv: Sequence[str]) -> int:

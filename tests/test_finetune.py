@@ -735,6 +735,8 @@ def test_bad_training_settings(bad, message):
 def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
     base = ["fit", "--config", str(tiny), "--config", str(SR4), "--config", str(FINETUNE), *QUIET,
             "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    weights = tmp_path / "prior.pt"  # a plain state dict: a prior's weights, not a fit checkpoint
+    torch.save({"out.2.weight": torch.zeros(3, 4, 3, 3)}, weights)
     cases = [
         (["--data.input_dir", str(tmp_path / "nowhere")], "nowhere"),
         (["--data.input_dir", str(photos["train"]), "--data.val_split", "6"], "--data.val_split"),
@@ -750,6 +752,12 @@ def test_fit_errors_are_one_line(tiny, photos, tmp_path, capfd):
          "--data.val_dir"),
         (["--data.input_dir", str(photos["train"]), "--data.val_split", "2", "--data.val_scale", "0"],
          "--data.val_scale 0.0: give the scale to validate at"),
+        (["--data.input_dir", str(photos["train"]), "--ckpt_path", str(tmp_path / "gone.ckpt")],
+         f"--ckpt_path {tmp_path / 'gone.ckpt'}: no such checkpoint file"),
+        (["--data.input_dir", str(photos["train"]), "--ckpt_path", str(weights)],
+         f"--ckpt_path {weights}: not a checkpoint of gdp fit (a Lightning checkpoint such as "),
+        (["--data.input_dir", str(photos["train"]), "--ckpt_path", str(photos["train"] / "p0.png")],
+         "not a PyTorch checkpoint (it is a PNG image); give the last.ckpt of a gdp fit run"),
     ]
     for options, needle in cases:
         assert main(base + options) == 2
