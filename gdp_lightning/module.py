@@ -349,6 +349,7 @@ class GDPModule(L.LightningModule):
         ema = {k[len("ema_unet."):]: v for k, v in state.items() if k.startswith("ema_unet.")}
         state.update({"unet." + k: v for k, v in ema.items()})
         self._keep_own_training_state(state)
+        self._check_checkpoint_fits(checkpoint)
         self.weights_loaded = True
 
     def _keep_own_training_state(self, state: Dict[str, Any]) -> None:
@@ -356,6 +357,35 @@ class GDPModule(L.LightningModule):
         own = set(self.state_dict())
         for key in [k for k in state if k not in own and k.startswith(("ema_unet.", "timestep_sampler."))]:
             del state[key]
+
+    def _check_checkpoint_fits(self, checkpoint: Dict[str, Any]) -> None:
+        """One line, before Lightning's strict loading lists every tensor, when the ``--ckpt_path`` checkpoint's
+        weights are not this model's: another prior's architecture, or a fit with other trained parts or adapters."""
+        state, own = checkpoint.get("state_dict", {}), self.state_dict()
+        shapes = [k for k in state if k in own and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if not (shapes or missing or unexpected):
+            return
+        if shapes:
+            key = shapes[0]
+            what = (f"{len(shapes)} tensor(s) of other shapes, e.g. {key} {tuple(state[key].shape)} where the model "
+                    f"has {tuple(own[key].shape)}")
+        else:
+            what = ", ".join(part for part in (f"{len(missing)} tensor(s) missing, e.g. {missing[0]}" if missing else "",
+                                               f"{len(unexpected)} unknown, e.g. {unexpected[0]}" if unexpected else "")
+                             if part)
+        recorded = (checkpoint.get("hyper_parameters") or {}).get("prior") or {}
+        ran_with = f" (it records prior '{recorded['name']}')" if isinstance(recorded, dict) and recorded.get("name") \
+            else ""
+        where = getattr(getattr(self, "_trainer", None), "ckpt_path", None) or "the checkpoint"
+        if shapes:
+            advice = f"give the prior config the fit ran with{ran_with}"
+        else:  # the same prior, trained in other parts or with other adapters
+            advice = ("give the prior config and the --model.training settings (trainable, lora_rank, lora_targets) "
+                      f"the fit ran with{ran_with}")
+        raise ConfigError(f"--ckpt_path {where}: its weights do not fit the model of prior '{self.prior.name}' "
+                          f"({what}); {advice}")
 
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""

@@ -535,6 +535,29 @@ def test_predict_with_a_fit_checkpoint_uses_its_ema(tiny, photos, tmp_path, capf
     assert len(list(out.glob("p*.json"))) == 2
 
 
+def test_a_fit_checkpoint_that_does_not_fit_the_model_is_one_line(tiny, photos, tmp_path, capfd):
+    """--ckpt_path of another prior's architecture (predict), or of a fit without the adapters a resumed fit asks for:
+    one line naming the checkpoint, what differs and the prior the fit ran with, not Lightning's list of tensors."""
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, steps=1, epoch_size=4)
+    ckpt = checkpoints / "last.ckpt"
+    wider = prior_config(tmp_path, {**TINY, "num_channels": 64}, _tiny(num_channels=64).state_dict(), name="wider")
+    rc = main(["predict", "--config", str(wider), "--config", str(SR4), "--data.input_dir", str(photos["held"]),
+               "--writer.output_dir", str(tmp_path / "out"), *QUIET, "--trainer.logger.init_args.save_dir",
+               str(tmp_path / "plogs"), "--ckpt_path", str(ckpt)])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"gdp: error: --ckpt_path {ckpt}: its weights do not fit the model of prior 'wider' (")
+    assert "tensor(s) of other shapes, e.g. unet.time_embed.0.weight (128, 32) where the model has (256, 64)" in lines[0]
+    assert lines[0].endswith("give the prior config the fit ran with (it records prior 'tiny')")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
+    rc = main(["fit", "--config", str(tiny), "--config", str(SR4), "--config", str(FINETUNE), "--data.input_dir",
+               str(photos["train"]), "--trainer.logger.init_args.save_dir", str(tmp_path / "flogs"), *QUIET,
+               "--model.training.lora_rank", "2", "--ckpt_path", str(ckpt)])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and lines[-1].startswith(f"gdp: error: --ckpt_path {ckpt}: its weights do not fit"), lines
+    assert "tensor(s) missing, e.g. unet." in lines[-1] and "lora_rank" in lines[-1]
+
+
 def _prior_weights(tiny: Path) -> dict:
     return torch.load(yaml.safe_load(tiny.read_text())["model"]["prior"]["checkpoint"], weights_only=True)
 

@@ -200,6 +200,7 @@ class FinetuneModule(GDPModule):
             unet = merge_low_rank({k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")})
             state.update({"ema_unet." + k: v for k, v in unet.items()})
         self._keep_own_training_state(state)
+        self._check_checkpoint_fits(checkpoint)
         self.weights_loaded = True
 
     # ---------------------------------------------------------- validation
