@@ -10,10 +10,11 @@ import importlib.util
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -88,8 +89,9 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def fit(capfd, prior: Path, logs: Path, photos: dict, *options: str, steps: int = 8, validate: bool = False,
-        epoch_size: int = 16):
-    """``gdp fit`` on the tiny prior: batches of 4 crops, 4 steps an epoch; returns the checkpoint folder."""
+        epoch_size: int = 16, stderr: Optional[list] = None):
+    """``gdp fit`` on the tiny prior: batches of 4 crops, 4 steps an epoch; returns the checkpoint folder (and
+    appends what the run wrote on stderr to ``stderr``)."""
     argv = ["fit", "--config", str(prior), "--config", str(SR4), "--config", str(FINETUNE),
             "--data.input_dir", str(photos["train"]), "--data.batch_size", "4", "--data.epoch_size", str(epoch_size),
             "--trainer.max_steps", str(steps), "--model.sampler.steps", "3", "--model.sampler.scale", "1000",
@@ -102,6 +104,8 @@ def fit(capfd, prior: Path, logs: Path, photos: dict, *options: str, steps: int 
     rc = main(argv + list(options))
     err = capfd.readouterr().err
     assert rc == 0, err
+    if stderr is not None:
+        stderr.append(err)
     return logs / "finetune" / "run" / "checkpoints"
 
 
@@ -272,6 +276,40 @@ def test_fit_validation_logs_a_baseline_samples_restorations_and_psnr(tiny, phot
     assert lr[0] == pytest.approx(1e-4 / 50) and lr == sorted(lr)  # the warm-up of configs/finetune.yaml
 
 
+def test_fit_reports_its_progress_and_what_it_changed(tiny, photos, tmp_path, capfd):
+    """Without a terminal (no progress bar) a fit says where it is and what each validation measured, and at the
+    end what changed and where the checkpoints are: the numbers are those it logs to TensorBoard."""
+    stderr: list = []
+    checkpoints = fit(capfd, tiny, tmp_path / "logs", photos, "--trainer.log_every_n_steps", "1", validate=True,
+                      steps=8, stderr=stderr)
+    lines = [line for line in stderr[0].splitlines() if line.startswith("gdp: ")]
+    (run,) = events(tmp_path / "logs")
+    psnr = {e.step: e.value for e in run.Scalars("validate/psnr")}
+    ssim = {e.step: e.value for e in run.Scalars("validate/ssim")}
+    denoising = {e.step: e.value for e in run.Scalars("validate/denoising_loss")}
+    loss = {e.step: e.value for e in run.Scalars("train/loss")}
+    assert sorted(psnr) == [0, 4, 8] and sorted(loss) == list(range(8))
+
+    def validated(step: int) -> str:
+        return f"psnr {psnr[step]:.2f}, ssim {ssim[step]:.4f}, denoising_loss {denoising[step]:.4f}"
+
+    steps = [line for line in lines if re.match(r"gdp: step \d+ of 8: ", line)]
+    assert len(steps) == 8  # a line every max_steps // 10 steps, at least every step
+    for k, line in enumerate(steps, start=1):  # the loss of the step's batch (logged at the step before it)
+        assert line.startswith(f"gdp: step {k} of 8: loss {loss[k - 1]:.4f}, "), line
+        assert (" of training left" in line) == (k < 8), line
+    assert [line for line in lines if line.startswith("gdp: validate at step")] == [
+        f"gdp: validate at step {step}: {validated(step)}" for step in (0, 4, 8)]
+    done = lines.index(next(line for line in lines if line.startswith("gdp: fit done: step 8 of 8 in ")))
+    assert lines[done + 1] == ("gdp: validate from step 0 to 8: " + ", ".join(
+        f"{name} {fmt.format(values[0])} -> {fmt.format(values[8])}"
+        for name, fmt, values in (("psnr", "{:.2f}", psnr), ("ssim", "{:.4f}", ssim),
+                                  ("denoising_loss", "{:.4f}", denoising))))
+    assert lines[done + 2] == (f"gdp: checkpoints in {checkpoints}; the EMA weights as a plain guided-diffusion state "
+                               f"dict: gdp export {checkpoints / 'last.ckpt'} prior.pt")
+    assert lines[done + 3] == f"gdp: TensorBoard: tensorboard --logdir {checkpoints.parent}"
+
+
 def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp_path, capfd, monkeypatch,
                                                                  checkpoint_calls):
     seen = {}
@@ -323,7 +361,8 @@ def test_trainer_precision_auto_follows_the_cpu(tiny, photos, tmp_path, capfd, m
     assert main(argv) == 0
     err = capfd.readouterr().err
     assert seen == {"precision": expected, "autocast": expected == "bf16-mixed"}
-    notes = [line for line in err.splitlines() if "precision" in line or "computes in" in line]
+    notes = [line for line in err.splitlines()  # (the lines naming the run's folders have the test's name)
+             if ("precision" in line or "computes in" in line) and str(tmp_path) not in line]
     assert [told in line for line in notes] == ([True] if told else []), err
 
 

@@ -36,6 +36,7 @@ from ..ranges import to_model
 from ..sample_prior import draw_samples
 from ..sampling import BatchResult
 from ..seeds import DENOISING, generator
+from .report import FitReport
 from .training import (
     TrainingSettings,
     UniformTimesteps,
@@ -232,6 +233,13 @@ class FinetuneModule(GDPModule):
             self.log("step", float(self.trainer.global_step))
         if baseline or not self.trainer.sanity_checking:
             self._log_fit_validation()
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, FitReport):
+                    callback.validated(self.trainer, values)
+
+    def configure_callbacks(self) -> list:
+        """The progress and summary lines of the fit (:mod:`.report`)."""
+        return [FitReport()]
 
     def _remember_preview(self, batch: Dict[str, Any], out: BatchResult, batch_idx: int) -> None:
         if batch_idx != 0 or self._val_preview is not None or "x" not in batch:
