@@ -310,6 +310,25 @@ def test_fit_reports_its_progress_and_what_it_changed(tiny, photos, tmp_path, ca
     assert lines[done + 3] == f"gdp: TensorBoard: tensorboard --logdir {checkpoints.parent}"
 
 
+def test_fit_report_shows_the_loss_of_whole_steps_when_batches_accumulate(capfd):
+    """With 2 batches accumulated into a step Lightning hands the callbacks each batch's loss halved: the line shows
+    the mean of the batches' own losses, once a step."""
+    from types import SimpleNamespace
+
+    from gdp_lightning.finetune.report import FitReport
+
+    trainer = SimpleNamespace(global_step=0, max_steps=4, accumulate_grad_batches=2, progress_bar_callback=None,
+                              num_training_batches=8)
+    report = FitReport()
+    report.on_fit_start(trainer, None)
+    losses = [0.5, 0.7, 0.2, 0.4]
+    for index, loss in enumerate(losses):
+        trainer.global_step = (index + 1) // 2  # the optimizer steps after the second batch of each pair
+        report.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss / 2)}, None, index)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("gdp: step")]
+    assert [line.split(", ")[0] for line in lines] == ["gdp: step 1 of 4: loss 0.6000", "gdp: step 2 of 4: loss 0.3000"]
+
+
 def test_bf16_mixed_keeps_float32_weights_and_float64_schedule(tiny, photos, tmp_path, capfd, monkeypatch,
                                                                  checkpoint_calls):
     seen = {}

@@ -85,8 +85,8 @@ class FitReport(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
+        if isinstance(loss, torch.Tensor):  # Lightning divides it by the batches accumulated into a step
+            loss = loss.detach().float() * max(1, trainer.accumulate_grad_batches)
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
         step = trainer.global_step
