@@ -27,8 +27,8 @@ from .helpers import KEEP, TINY, _tiny
 
 PACKAGE = REPO / "gdp_lightning"
 #: the Lightning layer: the modules, the data module, the callbacks, the command and the Python API
-LIGHTNING_LAYER = {"module.py", "finetune/module.py", "finetune/__init__.py", "cli.py", "writer.py", "trajectory.py",
-                   "callbacks.py", "run_record.py", "api.py", "__main__.py", "data/module.py", "data/__init__.py"}
+LIGHTNING_LAYER = {"module.py", "finetune/module.py", "finetune/report.py", "finetune/__init__.py", "cli.py",
+                   "writer.py", "trajectory.py", "callbacks.py", "run_record.py", "api.py", "__main__.py", "data/module.py", "data/__init__.py"}
 
 
 def imports(path: Path) -> Set[str]:
