@@ -27,7 +27,7 @@ from .diffusion import GaussianDiffusion
 from .errors import ConfigError, note
 from .metrics import ImageMetrics
 from .precision import PRECISION_OPTIONS, PRECISIONS, resolve_precision
-from .prior import PriorSpec, load_prior_weights, merge_low_rank
+from .prior import PriorSpec, load_prior_weights, merge_low_rank, state_dict_mismatches
 from .resources import available_bytes, format_seconds
 from .sampling import (
     BatchResult,
@@ -362,30 +362,20 @@ class GDPModule(L.LightningModule):
         """One line, before Lightning's strict loading lists every tensor, when the ``--ckpt_path`` checkpoint's
         weights are not this model's: another prior's architecture, or a fit with other trained parts or adapters."""
         state, own = checkpoint.get("state_dict", {}), self.state_dict()
-        shapes = [k for k in state if k in own and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        if not (shapes or missing or unexpected):
+        problems = state_dict_mismatches(own, state)
+        if not problems:
             return
-        if shapes:
-            key = shapes[0]
-            what = (f"{len(shapes)} tensor(s) of other shapes, e.g. {key} {tuple(state[key].shape)} where the model "
-                    f"has {tuple(own[key].shape)}")
-        else:
-            what = ", ".join(part for part in (f"{len(missing)} tensor(s) missing, e.g. {missing[0]}" if missing else "",
-                                               f"{len(unexpected)} unknown, e.g. {unexpected[0]}" if unexpected else "")
-                             if part)
         recorded = (checkpoint.get("hyper_parameters") or {}).get("prior") or {}
         ran_with = f" (it records prior '{recorded['name']}')" if isinstance(recorded, dict) and recorded.get("name") \
             else ""
         where = getattr(getattr(self, "_trainer", None), "ckpt_path", None) or "the checkpoint"
-        if shapes:
+        if any(k in state and tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
             advice = f"give the prior config the fit ran with{ran_with}"
         else:  # the same prior, trained in other parts or with other adapters
             advice = ("give the prior config and the --model.training settings (trainable, lora_rank, lora_targets) "
                       f"the fit ran with{ran_with}")
         raise ConfigError(f"--ckpt_path {where}: its weights do not fit the model of prior '{self.prior.name}' "
-                          f"({what}); {advice}")
+                          f"({'; '.join(problems)}); {advice}")
 
     def describe(self) -> Dict[str, Any]:
         """What the run record says about the model (beside the resolved config)."""

@@ -25,6 +25,7 @@ from .checkpoint import (
     matching_presets,
     read_checkpoint,
     save_state_dict,
+    state_dict_mismatches,
 )
 from .presets import PRESET_CONFIGS, PRESETS, get_preset, preset_names
 from .spec import SCRIPT_DEFAULTS, DiffusionSettings, ModelFlags, PriorSpec, UNetFlags, create_model, parse_model_flags
@@ -58,6 +59,7 @@ __all__ = [
     "load_prior_weights",
     "load_unet_weights",
     "matching_presets",
+    "state_dict_mismatches",
     "parse_model_flags",
     "preset_names",
     "read_checkpoint",

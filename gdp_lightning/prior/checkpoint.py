@@ -186,7 +186,7 @@ def _listing(items: List[str]) -> str:
     return shown + (", ..." if len(items) > _MAX_LISTED else "")
 
 
-def _mismatches(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
+def state_dict_mismatches(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
                 names: Tuple[str, str] = ("checkpoint", "model")) -> List[str]:
     """How the keys and shapes of state dict ``got`` differ from ``expected``'s: counted and listed, one string per
     kind (missing, unexpected, wrong shapes); empty where they agree. ``names``: what the shapes are called."""
@@ -202,7 +202,7 @@ def _mismatches(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Te
 
 def load_unet_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """Load strictly; on any mismatch raise one :class:`CheckpointError` that counts and lists it."""
-    problems = _mismatches(model.state_dict(), state_dict)
+    problems = state_dict_mismatches(model.state_dict(), state_dict)
     if problems:
         fits = matching_presets(state_dict)
         if fits:
@@ -288,7 +288,7 @@ def blend_state_dicts(weights: Mapping[str, torch.Tensor], base: Any, base_weigh
     """(1 - base_weight) * weights + base_weight * (the UNet of ``base``), in float32, tensor by tensor; the two
     UNets must have the same keys and shapes."""
     base_sd = extract_unet_state_dict(base, source=source)
-    problems = _mismatches(weights, base_sd, names=("base", "fine-tuned"))
+    problems = state_dict_mismatches(weights, base_sd, names=("base", "fine-tuned"))
     if problems:
         raise CheckpointError(f"{source}: is not the UNet of {target} ({'; '.join(problems)}); give the prior it "
                               "was fine-tuned from with --base")
