@@ -339,10 +339,9 @@ def read_fit_checkpoint(path: str) -> dict:
     from .prior.checkpoint import CheckpointError, read_checkpoint
 
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, expected="the last.ckpt of a gdp fit run")
     except CheckpointError as e:
-        message = str(e).replace("give the .pt file of the weights", "give the last.ckpt of a gdp fit run")
-        raise ConfigError(f"--ckpt_path {message}") from None
+        raise ConfigError(f"--ckpt_path {e}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
             or "pytorch-lightning_version" not in checkpoint:
         raise ConfigError(

@@ -82,9 +82,11 @@ def _missing(path: PathLike) -> str:
 
 
 def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False,
-                    trust_option: str = "trust_checkpoint=True (gdp: --model.trust_checkpoint true)") -> Any:
+                    trust_option: str = "trust_checkpoint=True (gdp: --model.trust_checkpoint true)",
+                    expected: str = "the .pt file of the weights") -> Any:
     """``torch.load`` the file on the CPU, safely unless ``trust_checkpoint``; clear errors otherwise.
-    ``trust_option``: how the caller's user allows pickles (named in the message when safe loading refuses)."""
+    ``trust_option``: how the caller's user allows pickles (named in the message when safe loading refuses);
+    ``expected``: the file to give instead of one that is not a PyTorch checkpoint."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{_missing(path)}; check the path or give an absolute one")
@@ -95,7 +97,7 @@ def read_checkpoint(path: PathLike, *, trust_checkpoint: bool = False,
     kind = _file_kind(path)
     if kind is not None:
         kind = kind if kind.startswith("not ") else f"it is {kind}"
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({kind}); give the .pt file of the weights")
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({kind}); give {expected}")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
