@@ -38,6 +38,10 @@ def _format(name: str, value: float) -> str:
     return f"{value:.2f}" if name == "psnr" else f"{value:.4f}"
 
 
+def _values(shown: Dict[str, float]) -> str:
+    return ", ".join(f"{name} {_format(name, value)}" for name, value in shown.items())
+
+
 class FitReport(L.Callback):
     """The progress and summary lines of a fit (see the module docstring); :meth:`validated` is told each
     validation's means by the module."""
@@ -93,16 +97,14 @@ class FitReport(L.Callback):
         if trainer.progress_bar_callback is not None or step == self._shown_step or step % self._interval(trainer):
             return
         self._shown_step = step  # once a step (several batches make one when gradients accumulate)
-        parts = [f"step {step}" + (f" of {self._total(trainer)}" if self._total(trainer) else "")]
-        if self._loss_count:
-            parts.append(f"loss {float(self._loss_sum) / self._loss_count:.4f}")
-        elapsed = time.monotonic() - self._started
-        timing = f"{format_seconds(elapsed)} in all"
         total = self._total(trainer)
+        facts = [f"loss {float(self._loss_sum) / self._loss_count:.4f}"] if self._loss_count else []
+        elapsed = time.monotonic() - self._started
+        facts.append(f"{format_seconds(elapsed)} in all")
         if total and self._first_step < step < total:
             left = (elapsed - self._validating) / (step - self._first_step) * (total - step)
-            timing += f", about {format_seconds(left)} of training left"
-        note(": ".join([parts[0], ", ".join(parts[1:] + [timing])]))
+            facts[-1] += f", about {format_seconds(left)} of training left"
+        note(f"step {step}" + (f" of {total}" if total else "") + ": " + ", ".join(facts))
         self._loss_sum, self._loss_count = None, 0
 
     def validated(self, trainer: L.Trainer, values: Dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ class FitReport(L.Callback):
             self.validations.pop()
         self.validations.append((step, shown))
         if trainer.progress_bar_callback is None:
-            note(f"validate at step {step}: " + ", ".join(f"{k} {_format(k, v)}" for k, v in shown.items()))
+            note(f"validate at step {step}: {_values(shown)}")
 
     # ------------------------------------------------------------------ at the end
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -135,7 +137,7 @@ class FitReport(L.Callback):
                 note(f"validate from step {first} to {last}: " + ", ".join(changes))
         elif self.validations:
             step, shown = self.validations[0]
-            note(f"validate at step {step}: " + ", ".join(f"{k} {_format(k, v)}" for k, v in shown.items()))
+            note(f"validate at step {step}: {_values(shown)}")
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         if folder:
             last = Path(folder) / "last.ckpt"
