@@ -4,11 +4,12 @@ linear task, at equal sampler settings.
     .venv/bin/python benchmarks/finetune_gain.py --tuned data/demo_prior.pt [--crops data/documents/heldout]
         [--steps 25] [--samples 4] [--tasks sr4 deblur inpaint colorize] [--figure docs/finetune_gain.png]
         [--guidance gradient --scale-factors 0.5 1 2] [--tuned-below 200 400]
+        [--prior configs/prior/imagenet256.yaml --base 256x256_diffusion_uncond.pt]
 
 Each task of ``configs/task`` (SR×4, deblurring, inpainting with 25 % missing, colorization) degrades every
-held-out crop with its operator (8-bit observation) and restores the batch with both priors (skimage64 flags; the
-base weights ``../shared/priors/skimage64.pt`` and ``--tuned``), the task's settings, ``--steps`` and the same
-seeds. Prints per task the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard
+held-out crop with its operator (8-bit observation) and restores the batch with both priors (the architecture of
+``--prior``, a preset name or a prior config, skimage64 by default; the base weights ``--base``, by default the
+prior config's checkpoint, and ``--tuned``), the task's settings, ``--steps`` and the same seeds. Prints per task the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard
 error of the per-crop differences). ``--guidance gradient`` restores with GDP's gradient rule instead of the
 data-consistency rule, at each of ``--scale-factors`` times the task's scale of ``GRADIENT_SCALES`` (paper
 convention). ``--tuned-below T`` asks at which noise levels the fine-tune gains or loses: the tuned prior's
@@ -34,7 +35,7 @@ from torch import nn
 
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
 from gdp_lightning.data import read_image
-from gdp_lightning.prior import load_prior
+from gdp_lightning.api import build_module
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
@@ -55,6 +56,13 @@ def verdict(gains: dict) -> str:
 def shown(observation: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(observation[:, :3], size=size, mode="nearest") if observation.shape[-2:] != size \
         else observation[:, :3]
+
+
+def base_prior(prior: str, weights) -> nn.Module:
+    """The UNet of ``prior`` (preset or config) holding ``weights`` (``None``: the config's), set up to restore."""
+    module = build_module("sr4", prior, weights, progress=False)  # any task: only the prior is kept
+    module.setup("predict")
+    return module.unet
 
 
 def tuned_below(base: nn.Module, first: int):
@@ -79,7 +87,10 @@ def tuned_below(base: nn.Module, first: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", type=Path, required=True, help="the fine-tuned prior's weights")
-    parser.add_argument("--base", type=Path, default=BASE)
+    parser.add_argument("--prior", default="skimage64",
+                        help="the architecture both weights are for: a preset name or a prior config (YAML)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="the base prior's weights (default: the prior config's checkpoint)")
     parser.add_argument("--crops", type=Path, default=REPO / "data" / "documents" / "heldout")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--samples", type=int, default=4, help="posterior samples per crop (their mean is scored)")
@@ -95,15 +106,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.guidance == "auto" and args.scale_factors != [1.0]:
         parser.error("--scale-factors needs --guidance gradient (the data-consistency rule has no scale)")
+    if args.base is None and args.prior == "skimage64":
+        args.base = BASE
     files = sorted(args.crops.glob("*.png"))
     clean = torch.stack([read_image(f).pixels for f in files])
     priors = {"base": args.base, "tuned": args.tuned}
     print(f"{len(clean)} crops of {args.crops}, {args.steps} steps, {args.samples} sample(s), guidance "
-          f"{args.guidance}; base {args.base}, tuned {args.tuned}")
+          f"{args.guidance}; prior {args.prior}: base {args.base or 'its config checkpoint'}, tuned {args.tuned}")
     print("| task | base PSNR / SSIM | tuned PSNR / SSIM | PSNR gain (dB) ± s.e. | s |")
     print("|---|---|---|---|---|")
     columns, gains, base_results = {}, {}, {}
-    base_unet = load_prior("skimage64", args.base) if args.tuned_below else None
+    base_unet = base_prior(args.prior, args.base) if args.tuned_below else None
     runs = [(task, factor, first) for task in args.tasks for factor in args.scale_factors
             for first in args.tuned_below or [None]]
     for task, factor, first in runs:
@@ -121,7 +134,8 @@ def main() -> None:
                 continue
             hook = tuned_below(base_unet, first) if name == "tuned" and first is not None else None
             results[name], observation = restore_crops(task, weights, clean, steps=args.steps, samples=args.samples,
-                                                       observation=observation, prepare=hook, **sampler)
+                                                       observation=observation, preset=args.prior, prepare=hook,
+                                                       **sampler)
             if name == "base":
                 base_results[task, factor] = results[name], observation
         scores = {name: (psnr(images, clean), ssim(images, clean)) for name, images in results.items()}

@@ -54,7 +54,7 @@ from gdp_lightning.finetune.training import (
 )
 
 from .conftest import REPO, fixture_files
-from .helpers import KEEP, TINY, _tiny
+from .helpers import KEEP, TINY, _randomize, _tiny
 
 pytestmark = pytest.mark.usefixtures("cli_argv", "one_thread")
 
@@ -1159,3 +1159,31 @@ def test_finetune_gain_tuned_below_splits_the_prior_by_timestep(tmp_path, monkey
     assert rows[2][2] == whole[2] and rows[2][3] == whole[3]
     assert rows[1][2] not in (whole[1], whole[2])
     assert not any(line.startswith(("pays", "does not pay")) for line in lines)  # the bar is for whole priors
+
+
+def test_finetune_gain_scores_fine_tunes_of_any_prior_config(tmp_path, monkeypatch, capsys):
+    """finetune_gain.py --prior CONFIG: both weights in the architecture of a user's prior config (a tiny one here,
+    its 32×32 tiles over 64×64 crops); without --base the base weights are the config's checkpoint."""
+    gain = _benchmark("finetune_gain")
+    torch.save(_tiny().state_dict(), tmp_path / "base.pt")
+    torch.save(_randomize(_tiny(), seed=1).state_dict(), tmp_path / "tuned.pt")
+    spec = {"name": "tiny", "unet": TINY, "diffusion": {"diffusion_steps": 1000}, "checkpoint": str(tmp_path / "base.pt")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"model": {"prior": spec}}))
+    crops = tmp_path / "crops"
+    for i, image in enumerate(skimage_crops(2, size=64, seed=3)):
+        write_image(crops / f"c{i}.png", image)
+
+    def run(tuned: str, *extra: str) -> List[str]:
+        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--prior", str(tmp_path / "tiny.yaml"), "--tuned",
+                                         str(tmp_path / tuned), "--crops", str(crops), "--steps", "2", "--samples",
+                                         "1", "--tasks", "deblur", *extra])
+        gain.main()
+        lines = capsys.readouterr().out.splitlines()
+        return [line.split(" | ") for line in lines if line.startswith("| deblur")]
+
+    (itself,) = run("base.pt")
+    assert itself[1] == itself[2] and itself[3] == "+0.00 ± 0.00", itself
+    (other,) = run("tuned.pt", "--base", str(tmp_path / "base.pt"))
+    assert other[1] == itself[1] and other[2] != itself[2], other
+    below = run("tuned.pt", "--tuned-below", "0", "1000")
+    assert below[0][2] == itself[1] and below[1][2] == other[2], below
