@@ -26,20 +26,27 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
 from gdp_lightning.data import read_image
+from gdp_lightning.data.datasets import IMAGE_EXTENSIONS
+from gdp_lightning.errors import ConfigError, GDPError, InputError
+from gdp_lightning.prior.presets import PRESET_CONFIGS
 from gdp_lightning.api import build_module
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
 GAIN, GAINING, LOSS = 0.5, 2, 0.1
+WEIGHTS = {"--tuned": "the fine-tuned prior's weights (gdp export CKPT OUT.pt writes them)",
+           "--base": "the base prior's weights"}
 
 
 def verdict(gains: dict) -> str:
@@ -84,35 +91,51 @@ def tuned_below(base: nn.Module, first: int):
     return prepare
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tuned", type=Path, required=True, help="the fine-tuned prior's weights")
-    parser.add_argument("--prior", default="skimage64",
-                        help="the architecture both weights are for: a preset name or a prior config (YAML)")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="the base prior's weights (default: the prior config's checkpoint)")
-    parser.add_argument("--crops", type=Path, default=REPO / "data" / "documents" / "heldout")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--samples", type=int, default=4, help="posterior samples per crop (their mean is scored)")
-    parser.add_argument("--tasks", nargs="+", default=list(LINEAR_TASKS), choices=list(LINEAR_TASKS))
-    parser.add_argument("--guidance", choices=["auto", "gradient"], default="auto",
-                        help="the tasks' default (data consistency) or GDP's gradient rule")
-    parser.add_argument("--scale-factors", type=float, nargs="+", default=[1.0],
-                        help="with --guidance gradient: multiples of the task's scale (GRADIENT_SCALES)")
-    parser.add_argument("--tuned-below", type=int, nargs="+", default=None, metavar="T",
-                        help="restore with the tuned weights at the timesteps below T only, the base ones above")
-    parser.add_argument("--figure", type=Path, default=None)
-    parser.add_argument("--figure-crops", type=int, default=4)
-    args = parser.parse_args()
-    if args.guidance == "auto" and args.scale_factors != [1.0]:
-        parser.error("--scale-factors needs --guidance gradient (the data-consistency rule has no scale)")
-    if args.base is None and args.prior == "skimage64":
-        args.base = BASE
-    files = sorted(args.crops.glob("*.png"))
-    clean = torch.stack([read_image(f).pixels for f in files])
+def config_checkpoint(prior: str) -> Path:
+    """The checkpoint that the prior preset's or config's YAML names (``skimage64``: the shared one)."""
+    if prior == "skimage64":
+        return BASE
+    path = REPO / PRESET_CONFIGS[prior] if prior in PRESET_CONFIGS else Path(prior)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"--prior {prior}: cannot read it ({error.strerror or error}); give a preset name "
+                          f"({', '.join(sorted(PRESET_CONFIGS))}) or a prior config") from None
+    checkpoint = ((config.get("model") or {}).get("prior") or {}).get("checkpoint")
+    if not checkpoint:
+        raise ConfigError(f"--prior {prior} names no checkpoint; give the base prior's weights with --base FILE")
+    return Path(checkpoint)
+
+
+def read_crops(folder: Path) -> torch.Tensor:
+    """The clean crops of ``folder`` (every image file, by name) as one ``(N, 3, H, W)`` batch."""
+    if not folder.is_dir():
+        raise InputError(f"--crops {folder}: no such folder; give a folder of clean crops held out of the training "
+                         f"data")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise InputError(f"--crops {folder}: no images in it ({', '.join(IMAGE_EXTENSIONS)}); give a folder of "
+                         f"clean crops held out of the training data")
+    crops = [read_image(f).pixels for f in files]
+    for path, crop in zip(files, crops):
+        if crop.shape != crops[0].shape:
+            raise InputError(f"--crops {folder}: {path.name} is {crop.shape[-1]}x{crop.shape[-2]}, {files[0].name} "
+                             f"{crops[0].shape[-1]}x{crops[0].shape[-2]}; give crops of one size (they restore as "
+                             f"one batch)")
+    return torch.stack(crops)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Score both priors on every task of ``args`` and print the table (and the bar, the figure)."""
+    if args.base is None:
+        args.base = config_checkpoint(args.prior)
+    for option, path in (("--tuned", args.tuned), ("--base", args.base)):
+        if not path.is_file():
+            raise InputError(f"{option} {path}: no such file; give {WEIGHTS[option]}")
+    clean = read_crops(args.crops)
     priors = {"base": args.base, "tuned": args.tuned}
     print(f"{len(clean)} crops of {args.crops}, {args.steps} steps, {args.samples} sample(s), guidance "
-          f"{args.guidance}; prior {args.prior}: base {args.base or 'its config checkpoint'}, tuned {args.tuned}")
+          f"{args.guidance}; prior {args.prior}: base {args.base}, tuned {args.tuned}")
     print("| task | base PSNR / SSIM | tuned PSNR / SSIM | PSNR gain (dB) ± s.e. | s |")
     print("|---|---|---|---|---|")
     columns, gains, base_results = {}, {}, {}
@@ -157,6 +180,34 @@ def main() -> None:
         save_columns(cols, args.figure)
         print(f"figure: {args.figure} (columns: crops; rows: observation, base, tuned, ground truth; "
               f"{', '.join(columns)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tuned", type=Path, required=True, help="the fine-tuned prior's weights")
+    parser.add_argument("--prior", default="skimage64",
+                        help="the architecture both weights are for: a preset name or a prior config (YAML)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="the base prior's weights (default: the prior config's checkpoint)")
+    parser.add_argument("--crops", type=Path, default=REPO / "data" / "documents" / "heldout")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--samples", type=int, default=4, help="posterior samples per crop (their mean is scored)")
+    parser.add_argument("--tasks", nargs="+", default=list(LINEAR_TASKS), choices=list(LINEAR_TASKS))
+    parser.add_argument("--guidance", choices=["auto", "gradient"], default="auto",
+                        help="the tasks' default (data consistency) or GDP's gradient rule")
+    parser.add_argument("--scale-factors", type=float, nargs="+", default=[1.0],
+                        help="with --guidance gradient: multiples of the task's scale (GRADIENT_SCALES)")
+    parser.add_argument("--tuned-below", type=int, nargs="+", default=None, metavar="T",
+                        help="restore with the tuned weights at the timesteps below T only, the base ones above")
+    parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--figure-crops", type=int, default=4)
+    args = parser.parse_args()
+    if args.guidance == "auto" and args.scale_factors != [1.0]:
+        parser.error("--scale-factors needs --guidance gradient (the data-consistency rule has no scale)")
+    try:
+        compare(args)
+    except GDPError as error:
+        sys.exit(f"finetune_gain.py: error: {error}")
 
 
 if __name__ == "__main__":

@@ -1187,3 +1187,30 @@ def test_finetune_gain_scores_fine_tunes_of_any_prior_config(tmp_path, monkeypat
     assert other[1] == itself[1] and other[2] != itself[2], other
     below = run("tuned.pt", "--tuned-below", "0", "1000")
     assert below[0][2] == itself[1] and below[1][2] == other[2], below
+
+
+def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, capsys):
+    """finetune_gain.py's user errors: one line that names the option, before anything is restored."""
+    gain = _benchmark("finetune_gain")
+    crops = tmp_path / "crops"
+    write_image(crops / "a.png", torch.rand(3, 64, 64))
+    write_image(crops / "b.png", torch.rand(3, 64, 48))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nameless.yaml").write_text(yaml.safe_dump({"model": {"prior": {"name": "x", "unet": TINY}}}))
+    tuned = str(REPO / "data" / "demo_prior.pt")
+    cases = {
+        ("--crops", str(tmp_path / "empty")): "--crops " + str(tmp_path / "empty") + ": no images in it",
+        ("--crops", str(tmp_path / "none")): ": no such folder; give a folder of clean crops",
+        ("--crops", str(crops)): "b.png is 48x64, a.png 64x64; give crops of one size",
+        ("--tuned", str(tmp_path / "t.pt")): "--tuned " + str(tmp_path / "t.pt") + ": no such file",
+        ("--base", str(tmp_path / "b.pt")): "--base " + str(tmp_path / "b.pt") + ": no such file",
+        ("--prior", str(tmp_path / "no.yaml")): "cannot read it",
+        ("--prior", str(tmp_path / "nameless.yaml")): "names no checkpoint; give the base prior's weights with --base",
+    }
+    for extra, message in cases.items():
+        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--tuned", tuned, *extra])
+        with pytest.raises(SystemExit) as stop:
+            gain.main()
+        line = str(stop.value.code)
+        assert line.startswith("finetune_gain.py: error: ") and message in line and "\n" not in line, (extra, line)
+        assert capsys.readouterr().out == ""
