@@ -9,8 +9,9 @@ linear task, at equal sampler settings.
 Each task of ``configs/task`` (SR×4, deblurring, inpainting with 25 % missing, colorization) degrades every
 held-out crop with its operator (8-bit observation) and restores the batch with both priors (the architecture of
 ``--prior``, a preset name or a prior config, skimage64 by default; the base weights ``--base``, by default the
-prior config's checkpoint, and ``--tuned``), the task's settings, ``--steps`` and the same seeds. Prints per task the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard
-error of the per-crop differences). ``--guidance gradient`` restores with GDP's gradient rule instead of the
+prior config's checkpoint, and ``--tuned``), the task's settings, ``--steps`` and the same seeds. Prints per task
+the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard error of the per-crop
+differences); a bad option or input stops with one line. ``--guidance gradient`` restores with GDP's gradient rule instead of the
 data-consistency rule, at each of ``--scale-factors`` times the task's scale of ``GRADIENT_SCALES`` (paper
 convention). ``--tuned-below T`` asks at which noise levels the fine-tune gains or loses: the tuned prior's
 restorations use its weights at the timesteps below T (of the prior's 1000) and the base weights from T up, one
