@@ -33,15 +33,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
+from gdp_lightning.api import build_module, prior_options
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
 from gdp_lightning.data import read_image
 from gdp_lightning.data.datasets import IMAGE_EXTENSIONS
 from gdp_lightning.errors import ConfigError, GDPError, InputError
-from gdp_lightning.prior.presets import PRESET_CONFIGS
-from gdp_lightning.api import build_module
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
@@ -96,13 +94,7 @@ def config_checkpoint(prior: str) -> Path:
     """The checkpoint that the prior preset's or config's YAML names (``skimage64``: the shared one)."""
     if prior == "skimage64":
         return BASE
-    path = REPO / PRESET_CONFIGS[prior] if prior in PRESET_CONFIGS else Path(prior)
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise ConfigError(f"--prior {prior}: cannot read it ({error.strerror or error}); give a preset name "
-                          f"({', '.join(sorted(PRESET_CONFIGS))}) or a prior config") from None
-    checkpoint = ((config.get("model") or {}).get("prior") or {}).get("checkpoint")
+    checkpoint = (prior_options(prior).get("prior") or {}).get("checkpoint")
     if not checkpoint:
         raise ConfigError(f"--prior {prior} names no checkpoint; give the base prior's weights with --base FILE")
     return Path(checkpoint)

@@ -25,7 +25,7 @@ from .prior import PRESET_CONFIGS, PRESETS, PriorSpec
 from .sampling import GuidanceDivergedError
 from .sampling.consistency import supports_consistency
 
-__all__ = ["restore", "build_module", "CONFIG_DIR", "task_config"]
+__all__ = ["restore", "build_module", "CONFIG_DIR", "task_config", "prior_options"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -52,6 +52,17 @@ def task_config(task: Union[str, Path]) -> Path:
                        for p in (CONFIG_DIR / "task").rglob("*.yaml"))
         raise ConfigError(f"unknown task {task!r}; known tasks: {known}, or give a YAML path or a Degradation")
     return candidate
+
+
+def prior_options(prior: Union[str, Path]) -> Dict[str, Any]:
+    """The ``model`` options of a prior's config (``prior``, often ``sampler``): a preset name (its file in
+    ``configs/prior``) or a YAML path."""
+    path = Path(prior)
+    if path.suffix not in (".yaml", ".yml"):
+        if str(prior) not in PRESETS:
+            raise ConfigError(f"unknown prior {prior!r}; presets: {sorted(PRESETS)}, or give a YAML path")
+        path = CONFIG_DIR.parent / PRESET_CONFIGS[str(prior)]
+    return _read_yaml(path).get("model", {})
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
@@ -83,12 +94,7 @@ def build_module(
     if isinstance(prior, PriorSpec):
         model["prior"] = dataclasses.asdict(prior)
     else:
-        path = Path(prior)
-        if path.suffix not in (".yaml", ".yml"):
-            if str(prior) not in PRESETS:
-                raise ConfigError(f"unknown prior {prior!r}; presets: {sorted(PRESETS)}, or give a YAML path")
-            path = CONFIG_DIR.parent / PRESET_CONFIGS[str(prior)]
-        model = _merge(model, _read_yaml(path).get("model", {}))
+        model = _merge(model, prior_options(prior))
     degradation: Optional[Degradation] = None
     if isinstance(task, Degradation):
         degradation = task

@@ -1165,16 +1165,14 @@ def test_finetune_gain_scores_fine_tunes_of_any_prior_config(tmp_path, monkeypat
     """finetune_gain.py --prior CONFIG: both weights in the architecture of a user's prior config (a tiny one here,
     its 32×32 tiles over 64×64 crops); without --base the base weights are the config's checkpoint."""
     gain = _benchmark("finetune_gain")
-    torch.save(_tiny().state_dict(), tmp_path / "base.pt")
+    config = prior_config(tmp_path, TINY, _tiny().state_dict(), name="base")  # base.pt and base.yaml
     torch.save(_randomize(_tiny(), seed=1).state_dict(), tmp_path / "tuned.pt")
-    spec = {"name": "tiny", "unet": TINY, "diffusion": {"diffusion_steps": 1000}, "checkpoint": str(tmp_path / "base.pt")}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"model": {"prior": spec}}))
     crops = tmp_path / "crops"
     for i, image in enumerate(skimage_crops(2, size=64, seed=3)):
         write_image(crops / f"c{i}.png", image)
 
     def run(tuned: str, *extra: str) -> List[str]:
-        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--prior", str(tmp_path / "tiny.yaml"), "--tuned",
+        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--prior", str(config), "--tuned",
                                          str(tmp_path / tuned), "--crops", str(crops), "--steps", "2", "--samples",
                                          "1", "--tasks", "deblur", *extra])
         gain.main()
@@ -1204,7 +1202,8 @@ def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, caps
         ("--crops", str(crops)): "b.png is 48x64, a.png 64x64; give crops of one size",
         ("--tuned", str(tmp_path / "t.pt")): "--tuned " + str(tmp_path / "t.pt") + ": no such file",
         ("--base", str(tmp_path / "b.pt")): "--base " + str(tmp_path / "b.pt") + ": no such file",
-        ("--prior", str(tmp_path / "no.yaml")): "cannot read it",
+        ("--prior", str(tmp_path / "no.yaml")): str(tmp_path / "no.yaml") + ": cannot read the config",
+        ("--prior", "nope"): "unknown prior 'nope'; presets:",
         ("--prior", str(tmp_path / "nameless.yaml")): "names no checkpoint; give the base prior's weights with --base",
     }
     for extra, message in cases.items():
