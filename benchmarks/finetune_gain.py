@@ -40,6 +40,8 @@ from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore
 from gdp_lightning.data import read_image
 from gdp_lightning.data.datasets import IMAGE_EXTENSIONS
 from gdp_lightning.errors import ConfigError, GDPError, InputError
+from gdp_lightning.prior import (CheckpointError, PriorSpec, extract_unet_state_dict, matching_presets, read_checkpoint,
+                                 state_dict_mismatches)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO.parent / "shared" / "priors" / "skimage64.pt"
@@ -100,6 +102,27 @@ def config_checkpoint(prior: str) -> Path:
     return Path(checkpoint)
 
 
+def check_weights(prior: str, option: str, path: Path) -> None:
+    """Stop before restoring anything when the weights file ``path`` (given as ``option``) does not hold the UNet
+    of ``prior``, naming the ``--prior`` it does hold where it is a preset's."""
+    try:
+        spec = PriorSpec.from_dict(prior_options(prior).get("prior") or {})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--prior {prior}: not a valid prior config: {e}") from None
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = spec.build_unet().state_dict()
+    try:
+        weights = extract_unet_state_dict(read_checkpoint(path), source=str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{option} {e}") from None
+    problems = state_dict_mismatches(expected, weights)
+    if problems:
+        fits = matching_presets(weights)
+        hint = (f"they are the UNet of preset {fits[0]!r}: give --prior {fits[0]}" if fits else
+                "give the weights of a prior with the UNet --prior describes (the one the fine-tune started from)")
+        raise CheckpointError(f"{option} {path}: not the UNet of --prior {prior}: {'; '.join(problems)}; {hint}")
+
+
 def read_crops(folder: Path) -> torch.Tensor:
     """The clean crops of ``folder`` (every image file, by name) as one ``(N, 3, H, W)`` batch."""
     if not folder.is_dir():
@@ -125,6 +148,7 @@ def compare(args: argparse.Namespace) -> None:
     for option, path in (("--tuned", args.tuned), ("--base", args.base)):
         if not path.is_file():
             raise InputError(f"{option} {path}: no such file; give {WEIGHTS[option]}")
+        check_weights(args.prior, option, path)
     clean = read_crops(args.crops)
     priors = {"base": args.base, "tuned": args.tuned}
     print(f"{len(clean)} crops of {args.crops}, {args.steps} steps, {args.samples} sample(s), guidance "

@@ -1196,6 +1196,7 @@ def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, caps
     (tmp_path / "empty").mkdir()
     (tmp_path / "nameless.yaml").write_text(yaml.safe_dump({"model": {"prior": {"name": "x", "unet": TINY}}}))
     tuned = str(REPO / "data" / "demo_prior.pt")
+    tiny = prior_config(tmp_path, TINY, _tiny().state_dict())  # tiny.pt, tiny.yaml
     cases = {
         ("--crops", str(tmp_path / "empty")): "--crops " + str(tmp_path / "empty") + ": no images in it",
         ("--crops", str(tmp_path / "none")): ": no such folder; give a folder of clean crops",
@@ -1205,11 +1206,18 @@ def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, caps
         ("--prior", str(tmp_path / "no.yaml")): str(tmp_path / "no.yaml") + ": cannot read the config",
         ("--prior", "nope"): "unknown prior 'nope'; presets:",
         ("--prior", str(tmp_path / "nameless.yaml")): "names no checkpoint; give the base prior's weights with --base",
+        ("--tuned", str(REPO / "README.md")): "--tuned " + str(REPO / "README.md") + ": not a PyTorch checkpoint",
+        ("--prior", str(tiny)): (f"--tuned {tuned}: not the UNet of --prior {tiny}: ",
+                                 "; they are the UNet of preset 'skimage64': give --prior skimage64"),
+        ("--base", str(tmp_path / "tiny.pt")): (f"--base {tmp_path / 'tiny.pt'}: not the UNet of --prior skimage64: ",
+                                                "; give the weights of a prior with the UNet --prior describes"),
     }
     for extra, message in cases.items():
         monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--tuned", tuned, *extra])
         with pytest.raises(SystemExit) as stop:
             gain.main()
         line = str(stop.value.code)
-        assert line.startswith("finetune_gain.py: error: ") and message in line and "\n" not in line, (extra, line)
+        parts = message if isinstance(message, tuple) else (message,)
+        assert line.startswith("finetune_gain.py: error: ") and "\n" not in line, (extra, line)
+        assert all(part in line for part in parts), (extra, line)
         assert capsys.readouterr().out == ""
