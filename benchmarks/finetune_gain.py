@@ -4,19 +4,21 @@ linear task, at equal sampler settings.
     .venv/bin/python benchmarks/finetune_gain.py --tuned data/demo_prior.pt [--crops data/documents/heldout]
         [--steps 25] [--samples 4] [--tasks sr4 deblur inpaint colorize] [--figure docs/finetune_gain.png]
         [--guidance gradient --scale-factors 0.5 1 2] [--tuned-below 200 400]
-        [--prior configs/prior/imagenet256.yaml --base 256x256_diffusion_uncond.pt]
+        [--prior configs/prior/imagenet256.yaml --base 256x256_diffusion_uncond.pt] [--size 256 [--scale 1.0]]
 
-Each task of ``configs/task`` (SR×4, deblurring, inpainting with 25 % missing, colorization) degrades every
-held-out crop with its operator (8-bit observation) and restores the batch with both priors (the architecture of
-``--prior``, a preset name or a prior config, skimage64 by default; the base weights ``--base``, by default the
-prior config's checkpoint, and ``--tuned``), the task's settings, ``--steps`` and the same seeds. Prints per task
-the mean PSNR and SSIM of each prior and the PSNR difference with its spread (the standard error of the per-crop
-differences); a bad option or input stops with one line. ``--guidance gradient`` restores with GDP's gradient rule instead of the
-data-consistency rule, at each of ``--scale-factors`` times the task's scale of ``GRADIENT_SCALES`` (paper
-convention). ``--tuned-below T`` asks at which noise levels the fine-tune gains or loses: the tuned prior's
-restorations use its weights at the timesteps below T (of the prior's 1000) and the base weights from T up, one
-run per T (``T`` 0: the base prior throughout; 1000: the tuned one). ``--figure`` writes, for the first crops, the
-observation, both restorations and the ground truth of SR×4 and deblurring.
+Each task of ``configs/task`` (SR×4, deblurring, inpainting with 25 % missing, colorization) degrades every held-out
+crop with its operator (8-bit observation) and restores the batch with both priors (the architecture of ``--prior``,
+a preset name or a prior config, skimage64 by default; the base weights ``--base``, by default the prior config's
+checkpoint, and ``--tuned``), the task's settings, ``--steps`` and the same seeds. Prints per task the mean PSNR and
+SSIM of each prior and the PSNR difference with its spread (the standard error of the per-crop differences); a bad
+option or input (a weights file that is not the UNet of ``--prior``, too) stops with one line before anything is
+restored. The crops are scored as they are, all of one size, or with ``--size N`` each cut to ``N × N`` as ``gdp
+fit`` cuts its validation images (``--scale``: its ``--data.val_scale``). ``--guidance gradient`` restores with
+GDP's gradient rule instead of the data-consistency rule, at each of ``--scale-factors`` times the task's scale of
+``GRADIENT_SCALES`` (paper convention). ``--tuned-below T`` asks at which noise levels the fine-tune gains or loses:
+the tuned prior's restorations use its weights at the timesteps below T (of the prior's 1000) and the base weights
+from T up, one run per T (``T`` 0: the base prior throughout; 1000: the tuned one). ``--figure`` writes, for the
+first crops, the observation, both restorations and the ground truth of SR×4 and deblurring.
 
 The defaults are the settings of the README's before/after table (25 steps, the mean of 4 samples). With every
 task at one scale the run ends with the bar a fine-tune has to clear to pay: a gain of at least ``GAIN`` dB on at
@@ -30,6 +32,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,7 @@ from torch import nn
 
 from gdp_lightning.api import build_module, prior_options
 from gdp_lightning.benchmark import GRADIENT_SCALES, LINEAR_TASKS, psnr, restore_crops, save_columns, ssim
-from gdp_lightning.data import read_image
+from gdp_lightning.data import read_image, resize_and_center_crop
 from gdp_lightning.data.datasets import IMAGE_EXTENSIONS
 from gdp_lightning.errors import ConfigError, GDPError, InputError
 from gdp_lightning.prior import (CheckpointError, PriorSpec, extract_unet_state_dict, matching_presets, read_checkpoint,
@@ -102,13 +105,17 @@ def config_checkpoint(prior: str) -> Path:
     return Path(checkpoint)
 
 
-def check_weights(prior: str, option: str, path: Path) -> None:
-    """Stop before restoring anything when the weights file ``path`` (given as ``option``) does not hold the UNet
-    of ``prior``, naming the ``--prior`` it does hold where it is a preset's."""
+def prior_spec(prior: str) -> PriorSpec:
+    """The :class:`PriorSpec` of a prior preset or config."""
     try:
-        spec = PriorSpec.from_dict(prior_options(prior).get("prior") or {})
+        return PriorSpec.from_dict(prior_options(prior).get("prior") or {})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--prior {prior}: not a valid prior config: {e}") from None
+
+
+def check_weights(spec: PriorSpec, prior: str, option: str, path: Path) -> None:
+    """Stop before restoring anything when the weights file ``path`` (given as ``option``) does not hold the UNet
+    of ``spec`` (``--prior prior``), naming the ``--prior`` it does hold where it is a preset's."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         expected = spec.build_unet().state_dict()
     try:
@@ -123,35 +130,45 @@ def check_weights(prior: str, option: str, path: Path) -> None:
         raise CheckpointError(f"{option} {path}: not the UNet of --prior {prior}: {'; '.join(problems)}; {hint}")
 
 
-def read_crops(folder: Path) -> torch.Tensor:
-    """The clean crops of ``folder`` (every image file, by name) as one ``(N, 3, H, W)`` batch."""
+def read_crops(folder: Path, size: Optional[int] = None, scale: Optional[float] = None) -> Tuple[torch.Tensor, int]:
+    """The clean images of ``folder`` (every image file, by name) as one ``(N, 3, H, W)`` batch, and how many of
+    them were resized or cut. Without ``size`` the images are taken as they are (all of one size); with it each is
+    cut to ``size × size`` as ``gdp fit`` cuts its validation images (``scale``: its ``--data.val_scale``;
+    :func:`~gdp_lightning.data.resize_and_center_crop`)."""
     if not folder.is_dir():
-        raise InputError(f"--crops {folder}: no such folder; give a folder of clean crops held out of the training "
-                         f"data")
+        raise InputError(f"--crops {folder}: no such folder; give a folder of clean images held out of the "
+                         f"training data")
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise InputError(f"--crops {folder}: no images in it ({', '.join(IMAGE_EXTENSIONS)}); give a folder of "
-                         f"clean crops held out of the training data")
-    crops = [read_image(f).pixels for f in files]
-    for path, crop in zip(files, crops):
-        if crop.shape != crops[0].shape:
+                         f"clean images held out of the training data")
+    crops, changed = [], 0
+    for path in files:
+        image = read_image(path).pixels
+        crop = image if size is None else resize_and_center_crop(image, size, scale)
+        changed += crop.shape != image.shape or not torch.equal(crop, image)
+        if crops and crop.shape != crops[0].shape:
             raise InputError(f"--crops {folder}: {path.name} is {crop.shape[-1]}x{crop.shape[-2]}, {files[0].name} "
                              f"{crops[0].shape[-1]}x{crops[0].shape[-2]}; give crops of one size (they restore as "
-                             f"one batch)")
-    return torch.stack(crops)
+                             f"one batch), or --size N to cut each as gdp fit cuts its validation images")
+        crops.append(crop)
+    return torch.stack(crops), changed
 
 
 def compare(args: argparse.Namespace) -> None:
     """Score both priors on every task of ``args`` and print the table (and the bar, the figure)."""
     if args.base is None:
         args.base = config_checkpoint(args.prior)
+    spec = prior_spec(args.prior)
     for option, path in (("--tuned", args.tuned), ("--base", args.base)):
         if not path.is_file():
             raise InputError(f"{option} {path}: no such file; give {WEIGHTS[option]}")
-        check_weights(args.prior, option, path)
-    clean = read_crops(args.crops)
+        check_weights(spec, args.prior, option, path)
+    size = spec.unet.image_size if args.size is None and args.scale is not None else args.size
+    clean, changed = read_crops(args.crops, size, args.scale)
     priors = {"base": args.base, "tuned": args.tuned}
-    print(f"{len(clean)} crops of {args.crops}, {args.steps} steps, {args.samples} sample(s), guidance "
+    cut = f", {changed} of them cut to {size}x{size} as gdp fit validates" if changed else ""
+    print(f"{len(clean)} crops of {args.crops}{cut}, {args.steps} steps, {args.samples} sample(s), guidance "
           f"{args.guidance}; prior {args.prior}: base {args.base}, tuned {args.tuned}")
     print("| task | base PSNR / SSIM | tuned PSNR / SSIM | PSNR gain (dB) ± s.e. | s |")
     print("|---|---|---|---|---|")
@@ -207,6 +224,12 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=None,
                         help="the base prior's weights (default: the prior config's checkpoint)")
     parser.add_argument("--crops", type=Path, default=REPO / "data" / "documents" / "heldout")
+    parser.add_argument("--size", type=int, default=None,
+                        help="cut each image to N x N as gdp fit cuts its validation images (default: the images "
+                             "as they are, of one size; with --scale alone: the prior's image size)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="with --size: cut each image as gdp fit's --data.val_scale does (default: its short "
+                             "side resized to --size, then the centre; 1.0: the centre of the pixels as they are)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--samples", type=int, default=4, help="posterior samples per crop (their mean is scored)")
     parser.add_argument("--tasks", nargs="+", default=list(LINEAR_TASKS), choices=list(LINEAR_TASKS))
@@ -219,6 +242,9 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--figure-crops", type=int, default=4)
     args = parser.parse_args()
+    for option in ("size", "scale", "steps", "samples"):
+        if getattr(args, option) is not None and getattr(args, option) <= 0:
+            parser.error(f"--{option} must be positive, got {getattr(args, option)}")
     if args.guidance == "auto" and args.scale_factors != [1.0]:
         parser.error("--scale-factors needs --guidance gradient (the data-consistency rule has no scale)")
     try:

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gdp_lightning.benchmark import skimage_crops
 from gdp_lightning.callbacks import sha256
 from gdp_lightning.cli import main
-from gdp_lightning.data import write_image
+from gdp_lightning.data import read_image, write_image
 from gdp_lightning.data.images import DataError
 from gdp_lightning.diffusion import GaussianDiffusion
 from gdp_lightning.errors import ConfigError
@@ -1187,6 +1187,30 @@ def test_finetune_gain_scores_fine_tunes_of_any_prior_config(tmp_path, monkeypat
     assert below[0][2] == itself[1] and below[1][2] == other[2], below
 
 
+def test_finetune_gain_cuts_held_out_images_as_fit_validates_them(tmp_path):
+    """finetune_gain.py --size/--scale: images of any sizes cut as gdp fit's validation cuts them; without them the
+    crops are scored as they are."""
+    gain = _benchmark("finetune_gain")
+    big, small = torch.rand(3, 100, 150), torch.rand(3, 64, 64)
+    write_image(tmp_path / "big.png", big)
+    write_image(tmp_path / "small.png", small)
+    big, small = (read_image(tmp_path / f"{name}.png").pixels for name in ("big", "small"))  # as 8-bit PNGs hold them
+    crops, changed = gain.read_crops(tmp_path, 64)
+    assert crops.shape == (2, 3, 64, 64) and changed == 1
+    assert torch.equal(crops[1], small)  # a crop of the size: as it is
+    resized = torch.nn.functional.interpolate(big[None], size=(64, 96), mode="bicubic", antialias=True)[0]
+    assert torch.allclose(crops[0], resized.clamp(0, 1)[:, :, 16:80], atol=1e-5)  # short side to 64, the centre
+    crops, changed = gain.read_crops(tmp_path, 64, 1.0)
+    assert changed == 1 and torch.equal(crops[0], big[:, 18:82, 43:107]) and torch.equal(crops[1], small)
+    crops, changed = gain.read_crops(tmp_path, 32, 0.5)  # the central 64x64, halved
+    assert changed == 2 and crops.shape == (2, 3, 32, 32)
+    expected = torch.nn.functional.interpolate(small[None], size=(32, 32), mode="bicubic", antialias=True)[0]
+    assert torch.allclose(crops[1], expected.clamp(0, 1), atol=1e-5)
+    (tmp_path / "big.png").unlink()
+    crops, changed = gain.read_crops(tmp_path)
+    assert changed == 0 and torch.equal(crops[0], small)
+
+
 def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, capsys):
     """finetune_gain.py's user errors: one line that names the option, before anything is restored."""
     gain = _benchmark("finetune_gain")
@@ -1199,7 +1223,7 @@ def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, caps
     tiny = prior_config(tmp_path, TINY, _tiny().state_dict())  # tiny.pt, tiny.yaml
     cases = {
         ("--crops", str(tmp_path / "empty")): "--crops " + str(tmp_path / "empty") + ": no images in it",
-        ("--crops", str(tmp_path / "none")): ": no such folder; give a folder of clean crops",
+        ("--crops", str(tmp_path / "none")): ": no such folder; give a folder of clean images",
         ("--crops", str(crops)): "b.png is 48x64, a.png 64x64; give crops of one size",
         ("--tuned", str(tmp_path / "t.pt")): "--tuned " + str(tmp_path / "t.pt") + ": no such file",
         ("--base", str(tmp_path / "b.pt")): "--base " + str(tmp_path / "b.pt") + ": no such file",
@@ -1221,3 +1245,8 @@ def test_finetune_gain_says_in_one_line_what_to_give(tmp_path, monkeypatch, caps
         assert line.startswith("finetune_gain.py: error: ") and "\n" not in line, (extra, line)
         assert all(part in line for part in parts), (extra, line)
         assert capsys.readouterr().out == ""
+    for option in ("--size", "--scale", "--steps", "--samples"):
+        monkeypatch.setattr("sys.argv", ["finetune_gain.py", "--tuned", tuned, option, "0"])
+        with pytest.raises(SystemExit) as stop:
+            gain.main()
+        assert stop.value.code == 2 and f"error: {option} must be positive, got 0" in capsys.readouterr().err
