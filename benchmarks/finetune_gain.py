@@ -95,14 +95,13 @@ def tuned_below(base: nn.Module, first: int):
     return prepare
 
 
-def config_checkpoint(prior: str) -> Path:
-    """The checkpoint that the prior preset's or config's YAML names (``skimage64``: the shared one)."""
+def config_checkpoint(spec: PriorSpec, prior: str) -> Path:
+    """The checkpoint that the prior preset's or config's spec names (``skimage64``: the shared one)."""
     if prior == "skimage64":
         return BASE
-    checkpoint = (prior_options(prior).get("prior") or {}).get("checkpoint")
-    if not checkpoint:
+    if not spec.checkpoint:
         raise ConfigError(f"--prior {prior} names no checkpoint; give the base prior's weights with --base FILE")
-    return Path(checkpoint)
+    return Path(spec.checkpoint)
 
 
 def prior_spec(prior: str) -> PriorSpec:
@@ -113,11 +112,10 @@ def prior_spec(prior: str) -> PriorSpec:
         raise ConfigError(f"--prior {prior}: not a valid prior config: {e}") from None
 
 
-def check_weights(spec: PriorSpec, prior: str, option: str, path: Path) -> None:
+def check_weights(expected: dict, prior: str, option: str, path: Path) -> None:
     """Stop before restoring anything when the weights file ``path`` (given as ``option``) does not hold the UNet
-    of ``spec`` (``--prior prior``), naming the ``--prior`` it does hold where it is a preset's."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = spec.build_unet().state_dict()
+    whose state dict (shapes) is ``expected`` (``--prior prior``'s), naming the ``--prior`` it does hold where it is
+    a preset's."""
     try:
         weights = extract_unet_state_dict(read_checkpoint(path), source=str(path))
     except CheckpointError as e:
@@ -146,7 +144,7 @@ def read_crops(folder: Path, size: Optional[int] = None, scale: Optional[float] 
     for path in files:
         image = read_image(path).pixels
         crop = image if size is None else resize_and_center_crop(image, size, scale)
-        changed += crop.shape != image.shape or not torch.equal(crop, image)
+        changed += not torch.equal(crop, image)  # (False for tensors of two shapes)
         if crops and crop.shape != crops[0].shape:
             raise InputError(f"--crops {folder}: {path.name} is {crop.shape[-1]}x{crop.shape[-2]}, {files[0].name} "
                              f"{crops[0].shape[-1]}x{crops[0].shape[-2]}; give crops of one size (they restore as "
@@ -157,13 +155,15 @@ def read_crops(folder: Path, size: Optional[int] = None, scale: Optional[float] 
 
 def compare(args: argparse.Namespace) -> None:
     """Score both priors on every task of ``args`` and print the table (and the bar, the figure)."""
-    if args.base is None:
-        args.base = config_checkpoint(args.prior)
     spec = prior_spec(args.prior)
+    if args.base is None:
+        args.base = config_checkpoint(spec, args.prior)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = spec.build_unet().state_dict()
     for option, path in (("--tuned", args.tuned), ("--base", args.base)):
         if not path.is_file():
             raise InputError(f"{option} {path}: no such file; give {WEIGHTS[option]}")
-        check_weights(spec, args.prior, option, path)
+        check_weights(expected, args.prior, option, path)
     size = spec.unet.image_size if args.size is None and args.scale is not None else args.size
     clean, changed = read_crops(args.crops, size, args.scale)
     priors = {"base": args.base, "tuned": args.tuned}
